@@ -1,0 +1,1 @@
+"""The pipeline stages (generate, score, aggregate, sink); importable without Celery."""

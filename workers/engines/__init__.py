@@ -1,0 +1,11 @@
+"""The engine registry: ``--sampler_engine`` name -> engine factory taking the JobSpec."""
+from workers.engines.base import Engine
+from workers.registry import Registry
+
+ENGINES: Registry[Engine] = Registry(
+    "engine", "--sampler_engine",
+    {"transformers": "workers.engines.hf:TransformersEngine.from_spec"},
+    aliases={"pt": "transformers"},
+)
+
+__all__ = ["ENGINES", "Engine"]

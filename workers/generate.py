@@ -1,0 +1,16 @@
+"""The generate stage: a prompt shard -> its candidates, on an engine loaded once per process."""
+from __future__ import annotations
+
+from schemas import GeneratedShard, JobSpec, PromptShard
+from workers.engines import ENGINES, Engine
+
+
+def load_engine(spec: JobSpec) -> Engine:
+    """The engine named by --sampler_engine, loaded with the job's model and options."""
+    return ENGINES.create(spec.sampler_engine, spec)
+
+
+def generate_shard(engine: Engine, spec: JobSpec, shard: PromptShard) -> GeneratedShard:
+    """Sample N candidates for every prompt of the shard with the shard's own seed."""
+    generations = engine.generate(shard.prompts, spec.sampling, seed=spec.sampling.shard_seed(shard.index))
+    return GeneratedShard(job_id=shard.job_id, index=shard.index, generations=generations)

