@@ -1,0 +1,67 @@
+"""The ``producer`` command: parses options and calls the library; nothing else lives here."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from producer.options import add_job_options, spec_from_args
+from producer.submit import run_local
+from schemas.errors import ConfigError, SampleFleetError
+
+log = logging.getLogger("producer")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="producer", description="samplefleet: sample N candidates per prompt "
+                                     "of a dataset and write them as chat jsonl (swift sample's job).")
+    sub = parser.add_subparsers(dest="command", required=True)
+    submit = sub.add_parser("submit", help="sample a dataset (in this process when no broker is given)",
+                            description="Sample N candidates for each prompt of DATASET and write them as jsonl. "
+                            "Option names follow `swift sample`.")
+    add_job_options(submit)
+    submit.add_argument("--no_progress", "--no-progress", action="store_true", help="no progress bar")
+    submit.add_argument("--log_level", "--log-level", default="WARNING", help="logging level (default WARNING)")
+    return parser
+
+
+def _quiet_libraries() -> None:
+    """Keep transformers/datasets' own bars and warnings out of the user's terminal."""
+    for key, value in (("TRANSFORMERS_VERBOSITY", "error"), ("HF_HUB_DISABLE_PROGRESS_BARS", "1"),
+                       ("TOKENIZERS_PARALLELISM", "false"), ("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")):
+        os.environ.setdefault(key, value)
+
+
+def submit(args: argparse.Namespace) -> int:
+    progress = not args.__dict__.pop("no_progress")
+    spec = spec_from_args(args)
+    result = run_local(spec, progress=progress)
+    counts = result.manifest["counts"]
+    notes = [f"{counts[k]} {label}" for k, label in (("skipped_prompts", "prompts skipped"),
+                                                      ("bad_rows", "bad rows skipped")) if counts[k]]
+    print(f"wrote {counts['rows']} rows for {counts['prompts']} prompts ({counts['candidates']} samples, "
+          f"{counts['tokens']} tokens{''.join(', ' + n for n in notes)}) to {result.path} in {result.seconds:.1f}s")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=args.__dict__.pop("log_level").upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _quiet_libraries()
+    try:
+        return submit(args)
+    except ConfigError as exc:
+        print(f"producer: error: {exc}", file=sys.stderr)
+        return 2
+    except SampleFleetError as exc:
+        print(f"producer: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("producer: interrupted; finished shards are kept, continue with --resume true", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,152 @@
+"""Stream a job's prompts: read each dataset, take ``#N`` rows, shuffle within a bounded buffer, normalise.
+
+Memory is bounded by the shuffle buffer and the ``#N`` sample (a set of row
+numbers), never by the dataset's size. jsonl files are read here line by line
+so that an error names the file and line; everything else (json, csv,
+parquet, hub ids) streams through the ``datasets`` library.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import random
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from producer.rows import normalise
+from schemas import DatasetSpec, JobSpec, Prompt
+from schemas.errors import DataError
+
+log = logging.getLogger(__name__)
+
+Raw = tuple[str, Any]  # (where, row or the DataError it raised)
+_JSONL = (".jsonl", ".ndjson")
+_BUILDERS = {".json": "json", ".csv": "csv", ".tsv": "csv", ".parquet": "parquet", ".txt": "text"}
+
+
+def _read_jsonl(path: Path) -> Iterator[Raw]:
+    with path.open(encoding="utf-8") as fh:
+        for number, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            where = f"{path} line {number}"
+            try:
+                yield where, json.loads(line)
+            except json.JSONDecodeError as exc:
+                yield where, DataError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})")
+
+
+def _read_with_datasets(ds: DatasetSpec) -> Iterator[Raw]:
+    import datasets  # heavy; only for non-jsonl sources
+
+    path = Path(ds.source).expanduser()
+    try:
+        if path.is_file():
+            builder = _BUILDERS.get(path.suffix.lower())
+            if builder is None:
+                raise DataError(f"dataset {ds}: unknown file type {path.suffix!r}; "
+                                f"use one of {', '.join(_JSONL + tuple(_BUILDERS))}")
+            kwargs = {"delimiter": "\t"} if path.suffix.lower() == ".tsv" else {}
+            stream = datasets.load_dataset(builder, data_files=str(path), split="train", streaming=True, **kwargs)
+        else:
+            stream = datasets.load_dataset(ds.source, ds.subset, split="train", streaming=True)
+        for k, row in enumerate(stream):
+            yield f"{ds.source} row {k + 1}", row
+    except DataError:
+        raise
+    except Exception as exc:  # the datasets library raises many types; all mean "cannot read this source"
+        if path.exists():
+            raise DataError(f"dataset {ds}: cannot read {path}: {exc}") from exc
+        raise DataError(f"dataset {ds}: no such file, and loading it as a hub id failed "
+                        f"(no network or no such dataset?): {type(exc).__name__}: {exc}") from exc
+
+
+def read_rows(ds: DatasetSpec) -> Iterator[Raw]:
+    """Every row of one dataset, in file order."""
+    path = Path(ds.source).expanduser()
+    if path.is_dir():
+        raise DataError(f"dataset {ds}: {path} is a folder; give a file")
+    if path.suffix.lower() in _JSONL:
+        if not path.is_file():
+            raise DataError(f"dataset {ds}: no such file {path}")
+        return _read_jsonl(path)
+    return _read_with_datasets(ds)
+
+
+def _sampled(ds: DatasetSpec, seed: int) -> Iterator[Raw]:
+    """swift's ``#N``: a sample without replacement below the size; whole repeats plus a sample above it."""
+    if ds.n is None:
+        yield from read_rows(ds)
+        return
+    size = sum(1 for _ in read_rows(ds))
+    if size == 0:
+        raise DataError(f"dataset {ds}: has no rows")
+    rng = random.Random(seed)
+    whole, rest = divmod(ds.n, size)
+    extra = set(rng.sample(range(size), rest))
+    for k, raw in enumerate(read_rows(ds)):
+        for _ in range(whole + (k in extra)):
+            yield raw
+
+
+def _shuffled(items: Iterator[Raw], buffer: int, seed: int) -> Iterator[Raw]:
+    """A seeded streaming shuffle through a buffer of ``buffer`` rows."""
+    rng = random.Random(seed)
+    pool: list[Raw] = []
+    for item in items:
+        if len(pool) < buffer:
+            pool.append(item)
+            continue
+        k = rng.randrange(buffer)
+        yield pool[k]
+        pool[k] = item
+    rng.shuffle(pool)
+    yield from pool
+
+
+class PromptStream:
+    """The job's prompts in job order; iterable more than once (a counting pass, then the run)."""
+
+    def __init__(self, spec: JobSpec) -> None:
+        self.spec = spec
+        self.bad_rows: list[str] = []
+
+    def _raw(self) -> Iterator[Raw]:
+        for k, ds in enumerate(self.spec.datasets):
+            yield from _sampled(ds, self.spec.data_seed + k)
+
+    def _all(self) -> Iterator[Prompt]:
+        raws = self._raw()
+        if self.spec.dataset_shuffle:
+            raws = _shuffled(raws, self.spec.shuffle_buffer, self.spec.data_seed)
+        self.bad_rows = []
+        index = 0
+        for where, raw in raws:
+            try:
+                if isinstance(raw, DataError):
+                    raise raw
+                prompt = normalise(raw, index=index, where=where, system=self.spec.system)
+            except DataError as exc:
+                if not self.spec.skip_bad_rows:
+                    raise
+                self.bad_rows.append(str(exc))
+                continue
+            index += 1
+            yield prompt
+
+    def count(self) -> int:
+        """Prompts in the whole job before --data_range; also checks every row, so bad input fails up front."""
+        return sum(1 for _ in self._all())
+
+    def iterate(self, total: int) -> Iterator[Prompt]:
+        """The prompts of this job's --data_range part (all of them without one), renumbered from 0."""
+        start, stop = 0, total
+        if self.spec.data_range:
+            i, n = self.spec.data_range
+            start, stop = i * total // n, (i + 1) * total // n
+        for prompt in self._all():
+            if prompt.row >= stop:
+                break
+            if prompt.row >= start:
+                yield prompt.model_copy(update={"row": prompt.row - start})

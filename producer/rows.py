@@ -1,0 +1,102 @@
+"""Normalise a dataset row, whatever its layout, into prompt turns + reference answer + other columns.
+
+Layouts (checked in this order): ``messages``; sharegpt ``conversations``;
+``query``/``response`` (+ ``history``, ``system``); alpaca ``instruction``/
+``input``/``output``; ``problem``/``solution``. The reference answer is the
+last assistant turn when the row ends with one, else a ``solution``/``answer``/
+``response`` column. Prompt-only rows are fine.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from schemas import Message, Prompt
+from schemas.errors import DataError
+
+_ROLES = {"system": "system", "user": "user", "assistant": "assistant", "tool": "tool",
+          "human": "user", "gpt": "assistant", "observation": "tool", "function": "tool"}
+_ANSWER_COLUMNS = ("solution", "answer", "response")
+
+
+def row_id(row: dict[str, Any]) -> str:
+    """md5 of the row's JSON, as swift computes its ``id``."""
+    return hashlib.md5(json.dumps(row, ensure_ascii=False, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _turns(raw: Any, where: str, role_key: str, content_key: str, column: str) -> list[Message]:
+    if not isinstance(raw, list) or not raw:
+        raise DataError(f"{where}: '{column}' must be a non-empty list of turns")
+    out = []
+    for k, turn in enumerate(raw):
+        if not isinstance(turn, dict):
+            raise DataError(f"{where}: {column}[{k}] is not an object")
+        role = _ROLES.get(str(turn.get(role_key)))
+        content = turn.get(content_key)
+        if role is None:
+            raise DataError(f"{where}: {column}[{k}] has unknown role {turn.get(role_key)!r}")
+        if not isinstance(content, str):
+            raise DataError(f"{where}: {column}[{k}].{content_key} must be a string, got {type(content).__name__}")
+        out.append(Message(role=role, content=content))
+    return out
+
+
+def _text(row: dict[str, Any], key: str, where: str) -> str | None:
+    value = row.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise DataError(f"{where}: column '{key}' must be a string, got {type(value).__name__}")
+    return value
+
+
+def _layout(row: dict[str, Any], where: str) -> tuple[list[Message], set[str]]:
+    """The row's turns (possibly ending with an assistant answer) and the columns they were built from."""
+    if "messages" in row:
+        return _turns(row["messages"], where, "role", "content", "messages"), {"messages"}
+    if "conversations" in row:
+        return _turns(row["conversations"], where, "from", "value", "conversations"), {"conversations"}
+    if "query" in row:
+        turns = []
+        if (system := _text(row, "system", where)) is not None:
+            turns.append(Message(role="system", content=system))
+        for k, pair in enumerate(row.get("history") or []):
+            if not (isinstance(pair, (list, tuple)) and len(pair) == 2 and all(isinstance(x, str) for x in pair)):
+                raise DataError(f"{where}: history[{k}] must be a [query, response] pair of strings")
+            turns += [Message(role="user", content=pair[0]), Message(role="assistant", content=pair[1])]
+        turns.append(Message(role="user", content=_text(row, "query", where) or ""))
+        if (response := _text(row, "response", where)) is not None:
+            turns.append(Message(role="assistant", content=response))
+        return turns, {"query", "response", "history", "system"}
+    if "instruction" in row:
+        instruction, extra = _text(row, "instruction", where) or "", _text(row, "input", where)
+        turns = [Message(role="user", content=f"{instruction}\n{extra}" if extra else instruction)]
+        if (output := _text(row, "output", where)) is not None:
+            turns.append(Message(role="assistant", content=output))
+        return turns, {"instruction", "input", "output"}
+    if "problem" in row:
+        return [Message(role="user", content=_text(row, "problem", where) or "")], {"problem"}
+    raise DataError(f"{where}: no prompt found; expected one of the columns messages, conversations, "
+                    f"query, instruction, problem (got {', '.join(sorted(row)) or 'none'})")
+
+
+def normalise(row: Any, *, index: int, where: str, system: str | None) -> Prompt:
+    """One row -> Prompt; DataError naming ``where`` when the row cannot be a prompt."""
+    if not isinstance(row, dict):
+        raise DataError(f"{where}: a row must be a JSON object, got {type(row).__name__}")
+    turns, used = _layout(row, where)
+    ground_truth = None
+    if turns[-1].role == "assistant":
+        ground_truth = turns.pop().content
+    else:
+        for key in _ANSWER_COLUMNS:
+            if key in row and row[key] is not None:
+                ground_truth = row[key] if isinstance(row[key], str) else json.dumps(row[key], ensure_ascii=False)
+                break
+    if not turns or turns[-1].role != "user" or not turns[-1].content.strip():
+        raise DataError(f"{where}: the prompt must end with a non-empty user turn")
+    if system is not None and turns[0].role != "system":
+        turns.insert(0, Message(role="system", content=system))
+    extra = {k: v for k, v in row.items() if k not in used}
+    return Prompt(id=row_id(row), row=index, source=where, messages=turns, ground_truth=ground_truth, extra=extra)

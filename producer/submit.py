@@ -1,0 +1,76 @@
+"""``producer submit``: read and check the data, cut it into shards, run them.
+
+With no broker the shards run in this process (the embedded default). The
+stages live in ``workers``, which the producer never imports at module level:
+the embedded backend is looked up by name when a run starts, so importing the
+producer stays free of torch.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import logging
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from producer.datasets import PromptStream
+from producer.progress import Progress
+from schemas import JobSpec, Prompt, PromptShard
+from schemas.errors import DataError
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_BACKEND = "workers.embedded"
+
+
+@dataclass(frozen=True)
+class RunResult:
+    path: Path
+    manifest: dict
+    seconds: float
+
+
+def job_id(spec: JobSpec) -> str:
+    """Stable for the same options, so a resumed run keeps its id."""
+    return "local-" + hashlib.md5(json.dumps(spec.resume_key(), sort_keys=True).encode()).hexdigest()[:12]
+
+
+def cut_shards(prompts: Iterable[Prompt], job: str, size: int) -> Iterator[PromptShard]:
+    """Consecutive shards of ``size`` prompts; the last one takes the remainder, never drops it."""
+    batch: list[Prompt] = []
+    index = 0
+    for prompt in prompts:
+        batch.append(prompt)
+        if len(batch) == size:
+            yield PromptShard(job_id=job, index=index, prompts=batch)
+            batch, index = [], index + 1
+    if batch:
+        yield PromptShard(job_id=job, index=index, prompts=batch)
+
+
+def run_local(spec: JobSpec, *, progress: bool = True) -> RunResult:
+    """Run the whole job in this process and return where its output went."""
+    started = time.perf_counter()
+    stream = PromptStream(spec)
+    total = stream.count()  # reads every row once: bad data fails here, before any sampling
+    bad_rows = list(stream.bad_rows)
+    if total == 0:
+        raise DataError(f"no prompts in {', '.join(map(str, spec.datasets))}"
+                        + (f" ({len(bad_rows)} bad rows skipped)" if bad_rows else ""))
+    if spec.data_range:
+        i, n = spec.data_range
+        part = (i + 1) * total // n - i * total // n
+    else:
+        part = total
+    log.info("%d prompts (%d in this part), %d bad rows skipped", total, part, len(bad_rows))
+    backend = importlib.import_module(EMBEDDED_BACKEND)
+    bar = Progress(part, enabled=progress)
+    try:
+        path, manifest = backend.run_job(spec, cut_shards(stream.iterate(total), job_id(spec), spec.shard_size),
+                                         planned_prompts=part, bad_rows=bad_rows, on_shard=bar)
+    finally:
+        bar.close()
+    return RunResult(path=path, manifest=manifest, seconds=time.perf_counter() - started)
