@@ -54,7 +54,8 @@ def _add(group: argparse._ArgumentGroup, name: str, field: FieldInfo) -> None:
     kind = _base(field.annotation)
     origin = typing.get_origin(kind)
     flags = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
-    flags += [f"--{alias}" for alias, target in ALIASES.items() if target == name]
+    for alias in (a for a, target in ALIASES.items() if target == name):
+        flags += [f"--{alias}", f"--{alias.replace('_', '-')}"]
     default = None if field.is_required() else field.get_default(call_default_factory=True)
     help_text = (field.description or "") + ("" if default in (None, [], {}) else f" (default: {default})")
     help_text = help_text.replace("%", "%%")  # argparse formats help with %
@@ -99,7 +100,7 @@ def _option_of(loc: tuple) -> str:
 
 def spec_from_args(args: argparse.Namespace) -> JobSpec:
     """Build and validate the JobSpec; a ConfigError names each bad option and its value."""
-    given = {k: v for k, v in vars(args).items() if not k.startswith("dataset_") and k not in ("command", "func")}
+    given = {k: v for k, v in vars(args).items() if k not in ("command", "dataset_args", "dataset_opts")}
     sampling = {k: given.pop(k) for k in list(given) if k in SamplingParams.model_fields}
     datasets = list(args.dataset_args) + list(args.dataset_opts)
     if not datasets:
@@ -113,6 +114,7 @@ def spec_from_args(args: argparse.Namespace) -> JobSpec:
     except ValueError as exc:
         if isinstance(exc, ValidationError):
             lines = [f"{_option_of(e['loc'])}: {e['msg'].removeprefix('Value error, ')}"
-                     + (f" (got {e['input']!r})" if e["loc"] else "") for e in exc.errors()]
+                     + (f" (got {e['input']!r})" if e["loc"] and e["type"] != "missing" else "")
+                     for e in exc.errors()]
             raise ConfigError("; ".join(lines)) from None
         raise ConfigError(str(exc)) from None

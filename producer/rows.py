@@ -51,6 +51,14 @@ def _text(row: dict[str, Any], key: str, where: str) -> str | None:
     return value
 
 
+def _answer(row: dict[str, Any], key: str) -> str | None:
+    """A reference-answer column as text: csv and json readers turn ``42`` into a number."""
+    value = row.get(key)
+    if value is None or isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False)
+
+
 def _layout(row: dict[str, Any], where: str) -> tuple[list[Message], set[str]]:
     """The row's turns (possibly ending with an assistant answer) and the columns they were built from."""
     if "messages" in row:
@@ -66,13 +74,13 @@ def _layout(row: dict[str, Any], where: str) -> tuple[list[Message], set[str]]:
                 raise DataError(f"{where}: history[{k}] must be a [query, response] pair of strings")
             turns += [Message(role="user", content=pair[0]), Message(role="assistant", content=pair[1])]
         turns.append(Message(role="user", content=_text(row, "query", where) or ""))
-        if (response := _text(row, "response", where)) is not None:
+        if (response := _answer(row, "response")) is not None:
             turns.append(Message(role="assistant", content=response))
         return turns, {"query", "response", "history", "system"}
     if "instruction" in row:
         instruction, extra = _text(row, "instruction", where) or "", _text(row, "input", where)
         turns = [Message(role="user", content=f"{instruction}\n{extra}" if extra else instruction)]
-        if (output := _text(row, "output", where)) is not None:
+        if (output := _answer(row, "output")) is not None:
             turns.append(Message(role="assistant", content=output))
         return turns, {"instruction", "input", "output"}
     if "problem" in row:
@@ -90,10 +98,7 @@ def normalise(row: Any, *, index: int, where: str, system: str | None) -> Prompt
     if turns[-1].role == "assistant":
         ground_truth = turns.pop().content
     else:
-        for key in _ANSWER_COLUMNS:
-            if key in row and row[key] is not None:
-                ground_truth = row[key] if isinstance(row[key], str) else json.dumps(row[key], ensure_ascii=False)
-                break
+        ground_truth = next((a for a in map(lambda k: _answer(row, k), _ANSWER_COLUMNS) if a is not None), None)
     if not turns or turns[-1].role != "user" or not turns[-1].content.strip():
         raise DataError(f"{where}: the prompt must end with a non-empty user turn")
     if system is not None and turns[0].role != "system":

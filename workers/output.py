@@ -29,6 +29,17 @@ def write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _flat(options: dict[str, Any]) -> dict[str, Any]:
+    """Nested option groups (``sampling``) flattened, so a difference names the option itself."""
+    out: dict[str, Any] = {}
+    for key, value in options.items():
+        if isinstance(value, dict) and key == "sampling":
+            out.update(value)
+        else:
+            out[key] = value
+    return out
+
+
 class JobOutput:
     """The output folder of one job."""
 
@@ -52,8 +63,12 @@ class JobOutput:
             raise OutputError(f"{self.parts} holds an unfinished run of {self.final.name}; pass --resume true to "
                               "continue it, or --override_exist_file true to start over")
         if self.parts.exists() and spec.resume:
-            saved = json.loads((self.parts / "job.json").read_text())
-            changed = sorted(k for k, v in spec.resume_key().items() if saved.get(k) != v)
+            try:
+                saved = _flat(json.loads((self.parts / "job.json").read_text()))
+            except (OSError, ValueError) as exc:
+                raise OutputError(f"--resume: {self.parts} has no readable job.json ({exc}); start over with "
+                                  "--override_exist_file true") from exc
+            changed = sorted(k for k, v in _flat(spec.resume_key()).items() if saved.get(k) != v)
             if changed:
                 raise OutputError(f"--resume: the unfinished run in {self.parts} had different "
                                   f"{', '.join(changed)}; resume with the same options, or start over "
