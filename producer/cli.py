@@ -26,6 +26,23 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+# swift sample options that have no meaning here, with what to do instead.
+SWIFT_ONLY = {
+    "--model_type": "samplefleet reads the architecture from the model folder; drop it",
+    "--template": "samplefleet always uses the model's own chat template; drop it",
+    "--sampler_type": "only plain sampling exists so far; drop it",
+}
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = _parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        hints = [f"{u.split('=')[0]}: {SWIFT_ONLY[u.split('=')[0]]}" for u in unknown if u.split("=")[0] in SWIFT_ONLY]
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}" + ("".join(f"\n  {h}" for h in hints)))
+    return args
+
+
 def _quiet_libraries() -> None:
     """Keep transformers/datasets' own bars and warnings out of the user's terminal."""
     for key, value in (("TRANSFORMERS_VERBOSITY", "error"), ("HF_HUB_DISABLE_PROGRESS_BARS", "1"),
@@ -46,7 +63,7 @@ def submit(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = _parse(argv)
     logging.basicConfig(level=args.__dict__.pop("log_level").upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     _quiet_libraries()

@@ -47,3 +47,9 @@ def arithmetic(tmp_path: Path) -> Path:
     rows = [{"query": f"What is {a}+{b}? Answer with a number.", "response": str(a + b)}
             for a, b in ((2, 3), (10, 7), (4, 4), (21, 1), (8, 9))]
     return write_jsonl(tmp_path / "arithmetic.jsonl", rows)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """A run that collected nothing must fail even if a plugin or option turned exit code 5 into 0."""
+    if session.testscollected == 0:
+        session.exitstatus = 5
