@@ -53,7 +53,8 @@ class JobSpec(BaseModel):
 
     version: int = SCHEMA_VERSION
     model: str = Field(description="Local HF folder, hub id, or the built-in alias 'smollm2-135m-instruct'.")
-    sampler_engine: str = Field("transformers", description="Generation engine: transformers (alias pt).")
+    sampler_engine: str = Field("transformers", description="Generation engine: transformers (alias pt), or "
+                                "no (score --cache_files, generate nothing).")
     datasets: list[DatasetSpec] = Field(min_length=1, description="Datasets, each path_or_id[:subset][#N].")
     dataset_shuffle: bool = Field(True, description="Shuffle prompt order (seeded by --data_seed).")
     shuffle_buffer: int = Field(10_000, ge=1, description="Rows held by the streaming shuffle; memory stays "
@@ -61,6 +62,25 @@ class JobSpec(BaseModel):
     data_seed: int = Field(42, description="Seed for #N sampling and shuffling.")
     system: str | None = Field(None, description="System prompt put before every prompt that has none.")
     sampling: SamplingParams = Field(default_factory=SamplingParams)
+    orm_model: str | None = Field(None, description="Outcome reward model: math, accuracy, format, repetition, "
+                                  "length, or a name an --external_plugins file registers.")
+    orm_kwargs: dict[str, Any] = Field(default_factory=dict, description="Options of the ORM (JSON), e.g. "
+                                       '{"timeout": 5} for math, {"pattern": "..."} for format.')
+    prm_model: str | None = Field(None, description="Process/outcome reward model: a registered name, or a model "
+                                  "folder / hub id (sequence-classification RM, step PRM, causal-LM judge, or "
+                                  "sentence-transformers embedding, told apart by its config).")
+    prm_kwargs: dict[str, Any] = Field(default_factory=dict, description="Options of the PRM (JSON), e.g. "
+                                       '{"batch_size": 8, "step_token": "<extra_0>"}.')
+    prm_threshold: float = Field(0.0, description="A candidate passes only with a PRM score above this.")
+    easy_query_threshold: float | None = Field(None, ge=0.0, le=1.0, description="Drop a prompt when this "
+                                               "share (or more) of its candidates pass the ORM: too easy to teach.")
+    include_ground_truth: bool = Field(False, description="Also rank the dataset's reference answer as a "
+                                       "candidate (swift always does; it then usually wins).")
+    write_scores: bool = Field(False, description="Add scores {orm, prm, prm_steps} to every output row.")
+    external_plugins: list[str] = Field(default_factory=list, description="Python files that add entries to "
+                                        "the orms / prms registries (swift's plugin convention).")
+    cache_files: list[str] = Field(default_factory=list, description="With --sampler_engine no: jsonl files "
+                                   "of earlier candidates (ours or swift's) to score instead of generating.")
     n_best_to_keep: int | None = Field(None, ge=1, description="Rows kept per prompt when a reward model is "
                                        "used; default 5, or N when N is smaller.")
     output_dir: str = Field("sample_output", description="Folder the jsonl is written to.")
@@ -100,8 +120,17 @@ class JobSpec(BaseModel):
             raise ValueError(f"--data_range {v[0]} {v[1]}: need 0 <= i < n")
         return v
 
+    @property
+    def scored(self) -> bool:
+        """Whether a reward model chooses the rows (n-best + rejected_response) instead of keeping all."""
+        return bool(self.orm_model or self.prm_model)
+
     @model_validator(mode="after")
     def _n_best(self) -> "JobSpec":
+        if self.sampler_engine == "no" and not self.cache_files:
+            raise ValueError("--sampler_engine no scores earlier candidates: give them with --cache_files")
+        if self.cache_files and self.sampler_engine != "no":
+            raise ValueError("--cache_files is read only with --sampler_engine no")
         if self.n_best_to_keep is not None and self.n_best_to_keep > self.sampling.num_return_sequences:
             raise ValueError(f"--n_best_to_keep {self.n_best_to_keep} is greater than "
                              f"--num_return_sequences {self.sampling.num_return_sequences}")

@@ -26,6 +26,13 @@ class Registry(Generic[T]):
     def register(self, name: str, factory: str | Callable[..., T]) -> None:
         self._entries[name] = factory
 
+    def __setitem__(self, name: str, cls: Callable[[], T]) -> None:
+        """swift's plugin style, ``orms['name'] = MyORM``: a class built with no arguments."""
+        self._entries[name] = lambda *args, **kwargs: cls()
+
+    def __contains__(self, name: str) -> bool:
+        return self._aliases.get(name, name) in self._entries
+
     def names(self) -> list[str]:
         return sorted(self._entries) + sorted(f"{a} (= {t})" for a, t in self._aliases.items())
 

@@ -1,0 +1,55 @@
+"""What every reward model is: a batch of requests (prompt + one candidate each) in, one score each out.
+
+The calling convention is swift's (``swift.rewards.ORM`` / ``PRM``), so plugin files carry over: a
+constructor with no required arguments, and ``__call__(infer_requests, ground_truths, **kwargs)``
+returning, per request, a float or a list of per-step floats (the minimum counts).
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass
+class InferRequest:
+    """swift's request shape: plugins read ``request.messages`` (or ``request['messages']``).
+
+    ``messages`` is the prompt's turns followed by the candidate as the last assistant turn.
+    """
+
+    messages: list[dict[str, str]]
+
+    def __getitem__(self, key: str) -> Any:
+        return getattr(self, key)
+
+    @property
+    def response(self) -> str:
+        """The candidate: the content of the last (assistant) turn."""
+        return self.messages[-1]["content"]
+
+
+Score = float | list[float]
+
+
+class RewardModel(ABC):
+    """Base of ORMs and PRMs; built once per process, called with whole shards' worth of requests."""
+
+    #: False for checks that do not compare with a reference answer (format, length, repetition).
+    needs_ground_truth: bool = True
+
+    @abstractmethod
+    def __call__(self, infer_requests: list[InferRequest], ground_truths: list[str | None],
+                 **kwargs: Any) -> list[Score]:
+        """One score per request, in order."""
+
+    def close(self) -> None:
+        """Free processes or weights; the default holds none."""
+
+
+class ORM(RewardModel):
+    """Outcome reward: > 0 means the candidate passes."""
+
+
+class PRM(RewardModel):
+    """Process reward: higher is better; a list of per-step scores counts by its minimum."""
