@@ -1,0 +1,573 @@
+#!/usr/bin/env python3
+"""samplefleet benchmark runner (stdlib only; run it with any python3).
+
+    python3 bench/run.py local-vs-swift [--repeats 3] [--n 4] [--max-new 128] [--prompts 20]
+                                        [--only ours,swift-fast,raw-chunk20] [--warmup 0]
+                                        [--results-dir bench/results] [--out-dir bench/out]
+    python3 bench/run.py --list
+
+Each experiment is a set of end-to-end commands ("variants") run back to back and interleaved
+(A B C, A B C, ...) so that the host's slow drift (15-20 % per hour on this VM) hits every variant alike.
+Every command runs under `/usr/bin/time -v`: wall seconds and peak RSS come from its report (peak RSS is
+the largest process of the command's tree, e.g. swift's `swift sample` child); a time.perf_counter() wall
+around the subprocess is recorded beside it as a cross-check. After a command, its output jsonl is counted
+with bench/count_tokens.py in our venv (outside the timed region): lines, and the candidates re-tokenized
+with the model's tokenizer (no EOS), the one rule applied to every tool.
+
+Results: <results-dir>/<experiment>.json (every run, machine info, versions, exact commands, UTC times;
+rewritten after each run, so an interrupted run keeps what it measured) and <experiment>.md (tables).
+Outputs of the commands: <out-dir>/<experiment>/<variant>-r<round>/ (bench/out/ is git-ignored).
+
+Adding an experiment: write a function that returns an Experiment (a list of Variant and of Comparison)
+and decorate it with @experiment("name"); see local_vs_swift below.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+HOME = Path.home()
+OUR_VENV = Path(os.environ.get("SAMPLEFLEET_VENV", REPO / ".venv"))
+OUR_PY = OUR_VENV / "bin" / "python"
+PRODUCER = OUR_VENV / "bin" / "producer"
+OUR_MODEL = Path(os.environ.get("SAMPLEFLEET_CACHE") or HOME / ".cache" / "samplefleet") / "models" / "smollm2-135m-instruct"
+ANCHOR_DIR = Path(os.environ.get("ANCHOR_DIR", HOME / ".cache" / "samplefleet-anchor"))
+SWIFT_VENV = ANCHOR_DIR / "venv-swift"
+SWIFT = SWIFT_VENV / "bin" / "swift"
+SWIFT_MODEL = ANCHOR_DIR / "models" / "smollm2-135m-instruct-hf"
+BENCH20 = BENCH / "bench20.jsonl"
+OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+               "TOKENIZERS_PARALLELISM": "false"}
+
+
+# --------------------------------------------------------------------------------------------- model of a run
+
+@dataclass
+class Ctx:
+    """Settings shared by every variant of one invocation."""
+    n: int
+    max_new: int
+    prompts: int
+    data: Path          # the dataset file every variant reads
+    out_root: Path      # <out-dir>/<experiment>
+
+
+@dataclass
+class Command:
+    argv: list[str]
+    output_jsonl: Path | None = None     # counted with count_tokens.py afterwards
+    env: dict[str, str] = field(default_factory=dict)
+    log_combined: bool = False           # stdout and stderr into one log.txt (swift's own log)
+
+
+@dataclass
+class Variant:
+    name: str
+    description: str
+    build: Callable[[Ctx, Path], Command]                 # (ctx, run_dir) -> command
+    parse: Callable[[Ctx, Path, dict], dict] = lambda ctx, run_dir, rec: {}   # extra metrics
+    check: Callable[[Ctx], str | None] = lambda ctx: None  # a reason it cannot run with these settings, or None
+    expected_lines: Callable[[Ctx], int | None] = lambda ctx: ctx.prompts * ctx.n   # None: not checked
+
+
+@dataclass
+class Comparison:
+    """median(metric of `top`) / median(metric of `bottom`), with a sentence saying how to read it."""
+    label: str
+    top: tuple[str, str]       # (variant, metric)
+    bottom: tuple[str, str]
+    meaning: str
+
+
+@dataclass
+class Experiment:
+    name: str
+    description: str
+    variants: list[Variant]
+    comparisons: list[Comparison]
+
+
+EXPERIMENTS: dict[str, Callable[[Ctx], Experiment]] = {}
+
+
+def experiment(name: str):
+    def register(fn: Callable[[Ctx], Experiment]) -> Callable[[Ctx], Experiment]:
+        EXPERIMENTS[name] = fn
+        return fn
+    return register
+
+
+def need(*paths: Path, extra: Callable[[Ctx], str | None] = lambda ctx: None) -> Callable[[Ctx], str | None]:
+    def check(ctx: Ctx) -> str | None:
+        missing = [str(p) for p in paths if not p.exists()]
+        return f"missing: {', '.join(missing)}" if missing else extra(ctx)
+    return check
+
+
+# --------------------------------------------------------------------------------------------- the variants
+
+def ours_variant() -> Variant:
+    """samplefleet's `producer submit`, in-process pipeline, all sequences of the dataset in one batch."""
+    def build(ctx: Ctx, run_dir: Path) -> Command:
+        argv = [str(PRODUCER), "submit", str(ctx.data), "--model", "smollm2-135m-instruct",
+                "--num_return_sequences", str(ctx.n), "--max_new_tokens", str(ctx.max_new),
+                "--max_batch_size", str(ctx.prompts * ctx.n), "--shard_size", str(ctx.prompts),
+                "--output_dir", str(run_dir), "--output_file", "x.jsonl", "--override_exist_file", "true",
+                "--no_progress"]
+        return Command(argv, output_jsonl=run_dir / "x.jsonl")
+
+    def parse(ctx: Ctx, run_dir: Path, rec: dict) -> dict:
+        path = run_dir / "x.manifest.json"
+        if not path.exists():
+            return {}
+        m = json.loads(path.read_text())
+        counts, timings = m.get("counts", {}), m.get("timings", {})
+        return {"eos_tokens": counts.get("tokens"), "manifest_rows": counts.get("rows"),
+                "load_s": timings.get("load_seconds"), "inner_s": timings.get("shard_seconds"),
+                "inner_what": "manifest shard_seconds (generation+aggregation+write, model loaded)",
+                "manifest_seconds": timings.get("seconds"), "engine": m.get("engine")}
+
+    return Variant("ours", "samplefleet `producer submit` (embedded, transformers engine, one batch of P x N)",
+                   build, parse, need(PRODUCER, OUR_MODEL / "config.json"))
+
+
+SWIFT_MAIN = re.compile(r"(Start|End) time of running main: (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?)")
+
+
+def swift_fast_variant() -> Variant:
+    """The command /work/shared/anchor/run_swift.sh fast builds, called directly (no wrapper, no counting)."""
+    def build(ctx: Ctx, run_dir: Path) -> Command:
+        argv = [str(SWIFT), "sample", "--model", str(SWIFT_MODEL), "--model_type", "llama", "--template", "chatml",
+                "--engine_kwargs", '{"template_type":"chatml","max_batch_size":20}', "--num_sampling_batch_size", "5",
+                "--sampler_engine", "transformers", "--num_return_sequences", str(ctx.n), "--dataset", str(ctx.data),
+                "--max_new_tokens", str(ctx.max_new), "--output_dir", str(run_dir), "--output_file", "x.jsonl"]
+        return Command(argv, output_jsonl=run_dir / "x.jsonl", log_combined=True)
+
+    def parse(ctx: Ctx, run_dir: Path, rec: dict) -> dict:
+        log = run_dir / "log.txt"
+        stamps = dict((k, v) for k, v in SWIFT_MAIN.findall(log.read_text(errors="replace"))) if log.exists() else {}
+        if "Start" in stamps and "End" in stamps:
+            fmt = "%Y-%m-%d %H:%M:%S.%f"
+            t = [datetime.strptime(stamps[k] if "." in stamps[k] else stamps[k] + ".0", fmt) for k in ("Start", "End")]
+            return {"inner_s": round((t[1] - t[0]).total_seconds(), 3),
+                    "inner_what": "swift's own Start/End time of running main"}
+        return {}
+
+    return Variant("swift-fast", "ms-swift 4.6.0 `swift sample`, transformers engine, chatml, "
+                   "max_batch_size 20, num_sampling_batch_size 5 (anchor's `run_swift.sh fast`)",
+                   build, parse, need(SWIFT, SWIFT_MODEL / "config.json", extra=swift_batches_whole))
+
+
+def swift_batches_whole(ctx: Ctx) -> str | None:
+    """swift sample runs len(dataset) // num_sampling_batch_size batches and silently drops the rest (with
+    fewer rows than one batch it crashes on the missing .resume file), so unequal work would be compared."""
+    if ctx.prompts % 5:
+        return (f"--prompts {ctx.prompts}: swift fast samples in batches of 5 prompts and drops the remainder; "
+                "use a multiple of 5")
+    return None
+
+
+def raw_variant(chunk: int | None = None) -> Variant:
+    """Bare model.generate with our model and its own chat template; chunk None = all prompts in one call."""
+    def build(ctx: Ctx, run_dir: Path) -> Command:
+        argv = [str(OUR_PY), str(BENCH / "raw_generate.py"), "--model", str(OUR_MODEL), "--data", str(ctx.data),
+                "--chunk", str(chunk or ctx.prompts), "--n", str(ctx.n), "--max-new", str(ctx.max_new),
+                "--seed", "42", "--out", str(run_dir / "x.jsonl")]
+        return Command(argv, output_jsonl=run_dir / "x.jsonl")
+
+    def parse(ctx: Ctx, run_dir: Path, rec: dict) -> dict:
+        lines = [l for l in (run_dir / "stdout.txt").read_text().splitlines() if l.startswith("{")] \
+            if (run_dir / "stdout.txt").exists() else []
+        if not lines:
+            return {}
+        r = json.loads(lines[-1])
+        return {"eos_tokens": r["generated_tokens"], "load_s": r["load_s"], "import_s": r["import_s"],
+                "inner_s": r["generate_s"], "inner_what": "generate() calls only", "script_wall_s": r["wall_s"],
+                "raw": r}
+
+    name = "raw-chunk20" if chunk is None else f"raw-chunk{chunk}"
+    return Variant(name, f"bare transformers model.generate, {'all prompts' if chunk is None else chunk} "
+                   "per call, our model + its chat template (bench/raw_generate.py)",
+                   build, parse, need(OUR_PY, OUR_MODEL / "config.json"))
+
+
+# --------------------------------------------------------------------------------------------- the experiments
+
+@experiment("local-vs-swift")
+def local_vs_swift(ctx: Ctx) -> Experiment:
+    return Experiment(
+        "local-vs-swift",
+        "One machine, no broker: samplefleet's `producer submit` against the reference `swift sample` (fast "
+        "settings) and against the engine limit (bare model.generate of all sequences in one call).",
+        [ours_variant(), swift_fast_variant(), raw_variant()],
+        [Comparison("swift / ours, wall s", ("swift-fast", "wall_s"), ("ours", "wall_s"),
+                    "> 1: ours finishes the same job (P prompts x N, max_new) faster end to end"),
+         Comparison("ours / swift, tok/s (re-tokenized, wall)", ("ours", "tok_s"), ("swift-fast", "tok_s"),
+                    "> 1: ours produces more candidate tokens per wall second (counts differ: different samples)"),
+         Comparison("raw / ours, wall s", ("raw-chunk20", "wall_s"), ("ours", "wall_s"),
+                    "> 1: ours beats one padded generate() call end to end"),
+         Comparison("ours / raw, tok/s (incl. EOS, wall)", ("ours", "tok_s_eos"), ("raw-chunk20", "tok_s_eos"),
+                    "ours' throughput as a share of the engine limit, end to end"),
+         Comparison("ours / raw, tok/s (incl. EOS, inner)", ("ours", "tok_s_inner"), ("raw-chunk20", "tok_s_inner"),
+                    "same, model loaded: ours' shard time vs raw's generate() time")])
+
+
+# --------------------------------------------------------------------------------------------- running
+
+def utc() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def cpu_ticks() -> tuple[int, int] | None:
+    """(busy, steal) clock ticks of the whole machine since boot; busy = user+nice+system+irq+softirq."""
+    try:
+        f = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
+        return f[0] + f[1] + f[2] + f[5] + f[6], f[7]
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+TICK = os.sysconf("SC_CLK_TCK")
+OTHERS_LIMIT = 0.1   # cores used on average by other processes during a run, above which the run is flagged
+
+
+def idle_probe(seconds: float = 2.0) -> float | None:
+    """Cores busy on average over a short pause before a run (nothing of ours runs then)."""
+    a = cpu_ticks()
+    time.sleep(seconds)
+    b = cpu_ticks()
+    return round((b[0] - a[0]) / TICK / seconds, 2) if a and b else None
+
+
+def loadavg() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "?"
+
+
+def parse_time_v(text: str) -> dict:
+    def field_(name: str) -> str | None:
+        m = re.search(re.escape(name) + r": (.*)", text)
+        return m.group(1).strip() if m else None
+    out: dict = {}
+    wall = field_("Elapsed (wall clock) time (h:mm:ss or m:ss)")
+    if wall:
+        out["wall_s"] = round(sum(float(p) * 60 ** i for i, p in enumerate(reversed(wall.split(":")))), 2)
+    rss = field_("Maximum resident set size (kbytes)")
+    if rss:
+        out["peak_rss_mb"] = round(int(rss) / 1024, 1)
+    for key, name in (("user_s", "User time (seconds)"), ("sys_s", "System time (seconds)")):
+        v = field_(name)
+        if v:
+            out[key] = float(v)
+    cpu = field_("Percent of CPU this job got")
+    if cpu:
+        out["cpu_pct"] = cpu
+    return out
+
+
+def count_tokens(paths: list[Path]) -> dict:
+    if not paths:
+        return {}
+    proc = subprocess.run([str(OUR_PY), str(BENCH / "count_tokens.py"), "--model", str(OUR_MODEL),
+                           *map(str, paths)], capture_output=True, text=True, env={**os.environ, **OFFLINE_ENV})
+    if proc.returncode != 0:
+        print(f"  count_tokens failed: {proc.stderr.strip()[-500:]}", file=sys.stderr)
+        return {}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def run_one(variant: Variant, ctx: Ctx, rnd: int, warmup: bool) -> dict:
+    run_dir = ctx.out_root / f"{variant.name}-{'w' if warmup else 'r'}{rnd}"
+    shutil.rmtree(run_dir, ignore_errors=True)   # swift sample silently does nothing if its output file exists
+    run_dir.mkdir(parents=True)
+    cmd = variant.build(ctx, run_dir)
+    env = {**os.environ, **OFFLINE_ENV, **cmd.env}
+    time_file = run_dir / "time.txt"
+    (run_dir / "cmd.txt").write_text(shlex.join(cmd.argv) + "\n")
+    rec: dict = {"variant": variant.name, "round": rnd, "warmup": warmup, "run_dir": str(run_dir),
+                 "command": shlex.join(cmd.argv), "env": {**OFFLINE_ENV, **cmd.env},
+                 "load_before": loadavg(), "busy_cores_before": idle_probe(), "started_utc": utc()}
+    ticks0 = cpu_ticks()
+    out_f = open(run_dir / ("log.txt" if cmd.log_combined else "stdout.txt"), "wb")
+    err_f = out_f if cmd.log_combined else open(run_dir / "stderr.txt", "wb")
+    t0 = time.perf_counter()
+    try:
+        rc = subprocess.run(["/usr/bin/time", "-v", "-o", str(time_file), *cmd.argv], stdout=out_f, stderr=err_f,
+                            env=env, cwd=str(REPO)).returncode
+    finally:
+        out_f.close()
+        if err_f is not out_f:
+            err_f.close()
+    rec["wall_s_perf"] = round(time.perf_counter() - t0, 3)
+    rec["finished_utc"] = utc()
+    ticks1 = cpu_ticks()
+    rec["rc"] = rc
+    rec.update(parse_time_v(time_file.read_text() if time_file.exists() else ""))
+    if ticks0 and ticks1:
+        rec["steal_s"] = round((ticks1[1] - ticks0[1]) / TICK, 2)
+        machine_busy = (ticks1[0] - ticks0[0]) / TICK
+        ours = rec.get("user_s", 0.0) + rec.get("sys_s", 0.0)
+        # machine CPU time during the run minus the command's own: what other processes used meanwhile
+        rec["others_cpu_s"] = round(max(0.0, machine_busy - ours), 2)
+        rec["others_cores"] = round(rec["others_cpu_s"] / rec["wall_s_perf"], 3) if rec["wall_s_perf"] else None
+        if rec["others_cores"] is not None and rec["others_cores"] > OTHERS_LIMIT:
+            rec["contended"] = True
+    if rc != 0:
+        log = run_dir / ("log.txt" if cmd.log_combined else "stderr.txt")
+        rec["error_tail"] = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+    try:
+        rec.update(variant.parse(ctx, run_dir, rec))
+    except Exception as exc:  # a parse problem must not lose the measurement
+        rec["parse_error"] = repr(exc)
+    if cmd.output_jsonl is not None:
+        counted = count_tokens([cmd.output_jsonl]).get(str(cmd.output_jsonl), {})
+        rec["output_lines"] = counted.get("lines")
+        rec["retok_tokens"] = counted.get("retokenized_tokens")
+        rec["output_counts"] = counted
+        expected = variant.expected_lines(ctx)
+        if expected is not None and rc == 0 and rec["output_lines"] != expected:
+            rec["lines_mismatch"] = f"{rec['output_lines']} lines, expected {expected}"
+    wall = rec.get("wall_s") or rec["wall_s_perf"]
+    if rec.get("retok_tokens") is not None and wall:
+        rec["tok_s"] = round(rec["retok_tokens"] / wall, 2)
+    if rec.get("eos_tokens") is not None and wall:
+        rec["tok_s_eos"] = round(rec["eos_tokens"] / wall, 2)
+    if rec.get("eos_tokens") is not None and rec.get("inner_s"):
+        rec["tok_s_inner"] = round(rec["eos_tokens"] / rec["inner_s"], 2)
+    return rec
+
+
+# --------------------------------------------------------------------------------------------- reporting
+
+def version_of(py: Path, dists: list[str]) -> dict:
+    if not py.exists():
+        return {"error": f"no {py}"}
+    code = ("import json,sys,importlib.metadata as m\nout={'python':sys.version.split()[0]}\n"
+            f"for d in {dists!r}:\n  try: out[d]=m.version(d)\n  except Exception: out[d]=None\n"
+            "print(json.dumps(out))")
+    proc = subprocess.run([str(py), "-c", code], capture_output=True, text=True)
+    return json.loads(proc.stdout) if proc.returncode == 0 else {"error": proc.stderr.strip()[-300:]}
+
+
+def git_state() -> dict:
+    def git(*args: str) -> str:
+        p = subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True)
+        return p.stdout.strip() if p.returncode == 0 else ""
+    return {"head": git("rev-parse", "HEAD"), "dirty_files": len(git("status", "--porcelain").splitlines())}
+
+
+def machine_info() -> dict:
+    cpu = "?"
+    try:
+        cpu = next(l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
+                   if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    mem = next((l.split(":", 1)[1].strip() for l in Path("/proc/meminfo").read_text().splitlines()
+                if l.startswith("MemTotal")), "?") if Path("/proc/meminfo").exists() else "?"
+    nproc = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
+    return {"nproc": int(nproc) if nproc.isdigit() else os.cpu_count(), "cpu_model": cpu, "mem_total": mem,
+            "kernel": platform.release(), "runner_python": platform.python_version(),
+            "ours_venv": {"path": str(OUR_VENV), **version_of(OUR_PY, ["torch", "transformers", "samplefleet"])},
+            "swift_venv": {"path": str(SWIFT_VENV), **version_of(SWIFT_VENV / "bin" / "python",
+                                                                 ["torch", "transformers", "ms-swift"])},
+            "repo_git": git_state(), "our_model": str(OUR_MODEL), "swift_model": str(SWIFT_MODEL),
+            "tokenizer_for_counting": str(OUR_MODEL)}
+
+
+def stats(values: list[float]) -> dict | None:
+    values = [v for v in values if v is not None]
+    if not values:
+        return None
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
+
+
+def summarise(exp: Experiment, runs: list[dict]) -> dict:
+    good = [r for r in runs if not r["warmup"] and r["rc"] == 0]
+    per: dict = {}
+    for v in exp.variants:
+        rs = [r for r in good if r["variant"] == v.name]
+        per[v.name] = {k: stats([r.get(k) for r in rs]) for k in
+                       ("wall_s", "tok_s", "tok_s_eos", "tok_s_inner", "inner_s", "load_s", "peak_rss_mb",
+                        "output_lines", "retok_tokens", "eos_tokens")}
+    comps = []
+    for c in exp.comparisons:
+        top, bottom = per.get(c.top[0], {}).get(c.top[1]), per.get(c.bottom[0], {}).get(c.bottom[1])
+        ratio = round(top["median"] / bottom["median"], 3) if top and bottom and bottom["median"] else None
+        comps.append({"label": c.label, "top": list(c.top), "bottom": list(c.bottom), "ratio_of_medians": ratio,
+                      "meaning": c.meaning})
+    return {"per_variant": per, "comparisons": comps,
+            "failed_runs": [f"{r['variant']} round {r['round']} (rc {r['rc']})" for r in runs if r["rc"] != 0]}
+
+
+def fmt(s: dict | None, digits: int = 1) -> str:
+    if not s:
+        return "-"
+    m, lo, hi = (int(round(s[k])) if digits == 0 else round(s[k], digits) for k in ("median", "min", "max"))
+    return f"{m}" if s["n"] == 1 else f"{m} ({lo}-{hi})"
+
+
+def markdown(doc: dict, exp: Experiment) -> str:
+    s, cfg = doc["summary"], doc["settings"]
+    tiny = (cfg["n"], cfg["max_new"], cfg["prompts"]) != (4, 128, 20)
+    mi = doc["machine"]
+    lines = [f"# {exp.name}", "", exp.description, "",
+             f"Settings: N={cfg['n']}, MAX_NEW={cfg['max_new']}, prompts={cfg['prompts']}, repeats={cfg['repeats']}, "
+             f"warmup rounds={cfg['warmup']}, variants={', '.join(cfg['variants'])}; "
+             f"{doc['started_utc']} -> {doc.get('finished_utc') or '(unfinished)'} UTC.",
+             f"Machine: {mi['nproc']} cores, {mi['cpu_model']}, {mi['mem_total']}; ours: torch "
+             f"{mi['ours_venv'].get('torch')}, transformers {mi['ours_venv'].get('transformers')}, git "
+             f"{mi['repo_git']['head'][:10]} ({mi['repo_git']['dirty_files']} changed files); swift: ms-swift "
+             f"{mi['swift_venv'].get('ms-swift')}, torch {mi['swift_venv'].get('torch')}, transformers "
+             f"{mi['swift_venv'].get('transformers')}.", ""]
+    if tiny:
+        lines += ["**Not the full-size benchmark (settings differ from N=4, MAX_NEW=128, 20 prompts): "
+                  "do not quote these figures.**", ""]
+    lines += ["Median (min-max) over the measured rounds. tok/s = candidate text re-tokenized (no EOS) / wall s, "
+              "the same rule for every tool; tok/s EOS = tokens up to and including EOS (ours' manifest, "
+              "raw's own count; swift reports none) / wall s; inner s = the tool's own timer with the model loaded "
+              "(ours: manifest shard_seconds; swift: its main(); raw: generate() only).", "",
+              "| variant | runs | wall s | tok/s | tok/s EOS | inner s | load s | peak RSS MB | lines | tokens (re-tok) | tokens EOS |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for v in exp.variants:
+        p = s["per_variant"].get(v.name)
+        if p is None or v.name not in cfg["variants"]:
+            continue
+        runs = (p["wall_s"] or {}).get("n", 0)
+        lines.append(f"| {v.name} | {runs} | {fmt(p['wall_s'])} | {fmt(p['tok_s'])} | {fmt(p['tok_s_eos'])} | "
+                     f"{fmt(p['inner_s'])} | {fmt(p['load_s'], 2)} | {fmt(p['peak_rss_mb'], 0)} | "
+                     f"{fmt(p['output_lines'], 0)} | {fmt(p['retok_tokens'], 0)} | {fmt(p['eos_tokens'], 0)} |")
+    lines += ["", "| ratio of medians | value | how to read it |", "| --- | --- | --- |"]
+    for c in s["comparisons"]:
+        lines.append(f"| {c['label']} | {c['ratio_of_medians'] if c['ratio_of_medians'] is not None else '-'} | "
+                     f"{c['meaning']} |")
+    if s["failed_runs"]:
+        lines += ["", "Failed runs (excluded): " + "; ".join(s["failed_runs"])]
+    odd = [f"{r['variant']} round {r['round']}: {r['lines_mismatch']}" for r in doc["runs"] if r.get("lines_mismatch")]
+    if odd:
+        lines += ["", "Output line count not P x N (kept in the statistics, check them): " + "; ".join(odd)]
+    busy = [f"{r['variant']} round {r['round']} ({r['others_cores']} cores)" for r in doc["runs"] if r.get("contended")]
+    if busy:
+        lines += ["", f"**Contended runs** (other processes used more than {OTHERS_LIMIT} core on average meanwhile): "
+                  + "; ".join(busy) + ". Their figures are not comparable; rerun on an idle machine."]
+    lines += ["", "## Runs in order", "", "others' cores = CPU used by other processes during the run / wall s.", "",
+              "| # | UTC start | variant | round | load before | others' cores | wall s | peak RSS MB | "
+              "lines | tok/s | rc |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for i, r in enumerate(doc["runs"], 1):
+        rnd = f"w{r['round']}" if r["warmup"] else str(r["round"])
+        lines.append(f"| {i} | {r['started_utc']} | {r['variant']} | {rnd} | {r['load_before']} | "
+                     f"{r.get('others_cores', '-')} | "
+                     f"{r.get('wall_s', '-')} | {r.get('peak_rss_mb', '-')} | {r.get('output_lines', '-')} | "
+                     f"{r.get('tok_s', '-')} | {r['rc']} |")
+    lines += ["", "## Commands", ""]
+    seen = set()
+    for r in doc["runs"]:
+        if r["variant"] not in seen:
+            seen.add(r["variant"])
+            lines.append(f"- {r['variant']}: `{r['command']}`")
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------------------------- main
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("experiment", nargs="?", help=f"one of: {', '.join(EXPERIMENTS)}")
+    ap.add_argument("--list", action="store_true", help="list experiments and their variants")
+    ap.add_argument("--repeats", type=int, default=3, help="measured rounds (default 3)")
+    ap.add_argument("--warmup", type=int, default=0, help="rounds run first and kept out of the statistics")
+    ap.add_argument("--n", type=int, default=int(os.environ.get("N", 4)), help="num_return_sequences (env N, 4)")
+    ap.add_argument("--max-new", type=int, default=int(os.environ.get("MAX_NEW", 128)),
+                    help="max_new_tokens (env MAX_NEW, 128)")
+    ap.add_argument("--prompts", type=int, default=int(os.environ.get("PROMPTS", 20)),
+                    help="first K prompts of bench20.jsonl (env PROMPTS, 20 = all)")
+    ap.add_argument("--only", action="append", default=[], help="comma-separated variant names (repeatable)")
+    ap.add_argument("--results-dir", type=Path, default=BENCH / "results")
+    ap.add_argument("--out-dir", type=Path, default=BENCH / "out")
+    a = ap.parse_args()
+
+    probe = Ctx(a.n, a.max_new, a.prompts, BENCH20, a.out_dir)
+    if a.list or not a.experiment:
+        for name, fn in EXPERIMENTS.items():
+            exp = fn(probe)
+            print(f"{name}: {exp.description}")
+            for v in exp.variants:
+                print(f"  {v.name}: {v.description}")
+        return 0 if a.list else 2
+    if a.experiment not in EXPERIMENTS:
+        ap.error(f"unknown experiment {a.experiment!r}; one of: {', '.join(EXPERIMENTS)}")
+
+    rows = [l for l in BENCH20.read_text().splitlines() if l.strip()]
+    if not 1 <= a.prompts <= len(rows):
+        ap.error(f"--prompts must be 1..{len(rows)}")
+    out_root = a.out_dir.resolve() / a.experiment
+    data = BENCH20 if a.prompts == len(rows) else out_root / f"data-{a.prompts}.jsonl"
+    ctx = Ctx(a.n, a.max_new, a.prompts, data, out_root)
+    exp = EXPERIMENTS[a.experiment](ctx)
+    only = {x.strip() for o in a.only for x in o.split(",") if x.strip()}
+    unknown = only - {v.name for v in exp.variants}
+    if unknown:
+        ap.error(f"--only: unknown variant(s) {sorted(unknown)}; {a.experiment} has "
+                 f"{[v.name for v in exp.variants]}")
+    variants = [v for v in exp.variants if not only or v.name in only]
+    problems = [f"{v.name}: {why}" for v in variants if (why := v.check(ctx))]
+    if problems:
+        print("cannot run:\n  " + "\n  ".join(problems), file=sys.stderr)
+        return 1
+
+    out_root.mkdir(parents=True, exist_ok=True)
+    if data != BENCH20:
+        data.write_text("\n".join(rows[:a.prompts]) + "\n")
+    a.results_dir.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = a.results_dir / f"{a.experiment}.json", a.results_dir / f"{a.experiment}.md"
+    doc = {"experiment": a.experiment, "description": exp.description, "started_utc": utc(), "finished_utc": None,
+           "settings": {"n": a.n, "max_new": a.max_new, "prompts": a.prompts, "data": str(data),
+                        "repeats": a.repeats, "warmup": a.warmup, "variants": [v.name for v in variants],
+                        "order": "interleaved: each round runs every variant once, in the listed order",
+                        "measurement": "/usr/bin/time -v (wall clock, max RSS of the command's process tree); "
+                                       "perf_counter wall around the subprocess kept as wall_s_perf"},
+           "runner_argv": sys.argv, "machine": machine_info(), "runs": []}
+    print(f"{a.experiment}: {len(variants)} variants x ({a.warmup} warm-up + {a.repeats}) rounds, N={a.n} "
+          f"MAX_NEW={a.max_new} prompts={a.prompts}; results -> {json_path}", flush=True)
+    plan = [(rnd, True) for rnd in range(1, a.warmup + 1)] + [(rnd, False) for rnd in range(1, a.repeats + 1)]
+    for rnd, warm in plan:
+        for v in variants:
+            rec = run_one(v, ctx, rnd, warm)
+            if rec.get("contended"):
+                print(f"warning: other processes used {rec['others_cores']} cores on average during this {v.name} "
+                      "run; torch's threads then contend for the cores and its figures are not comparable",
+                      flush=True)
+            doc["runs"].append(rec)
+            print(f"[{'warm-up' if warm else 'round'} {rnd}] {v.name}: rc {rec['rc']} wall {rec.get('wall_s')} s, "
+                  f"peak RSS {rec.get('peak_rss_mb')} MB, {rec.get('output_lines')} lines, {rec.get('retok_tokens')} "
+                  f"tok re-tok ({rec.get('tok_s')} tok/s), EOS-count {rec.get('eos_tokens')}, inner "
+                  f"{rec.get('inner_s')} s, others' CPU {rec.get('others_cores')} cores", flush=True)
+            doc["summary"] = summarise(exp, doc["runs"])
+            json_path.write_text(json.dumps(doc, indent=1) + "\n")
+    doc["finished_utc"] = utc()
+    doc["summary"] = summarise(exp, doc["runs"])
+    json_path.write_text(json.dumps(doc, indent=1) + "\n")
+    md_path.write_text(markdown(doc, exp))
+    print(md_path.read_text())
+    return 1 if doc["summary"]["failed_runs"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
