@@ -55,8 +55,9 @@ def submit(args: argparse.Namespace) -> int:
     spec = spec_from_args(args)
     result = run_local(spec, progress=progress)
     counts = result.manifest["counts"]
-    notes = [f"{counts[k]} {label}" for k, label in (("skipped_prompts", "prompts skipped"),
-                                                      ("bad_rows", "bad rows skipped")) if counts[k]]
+    notes = [f"{counts[k]} {label}" for k, label in (
+        ("skipped_prompts", "prompts skipped"), ("dropped_prompts", "prompts without a row (see the manifest)"),
+        ("short_prompts", "prompts with fewer than N candidates"), ("bad_rows", "bad rows skipped")) if counts[k]]
     print(f"wrote {counts['rows']} rows for {counts['prompts']} prompts ({counts['candidates']} samples, "
           f"{counts['tokens']} tokens{''.join(', ' + n for n in notes)}) to {result.path} in {result.seconds:.1f}s")
     return 0

@@ -8,11 +8,12 @@ from schemas.records import (
     OutputRow,
     Prompt,
     PromptShard,
+    Scores,
     ShardSummary,
 )
 from schemas.sampling import SamplingParams
 
 __all__ = [
     "SCHEMA_VERSION", "Candidate", "DatasetSpec", "Generation", "GeneratedShard", "JobSpec", "Message",
-    "OutputRow", "Prompt", "PromptShard", "SamplingParams", "ShardSummary",
+    "OutputRow", "Prompt", "PromptShard", "SamplingParams", "Scores", "ShardSummary",
 ]

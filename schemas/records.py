@@ -44,10 +44,20 @@ class PromptShard(_Record):
     prompts: list[Prompt] = Field(min_length=1)
 
 
+class Scores(_Record):
+    """A candidate's reward-model scores, raw (before the per-prompt normalisation used for ranking)."""
+
+    orm: float | None = None
+    prm: float | None = Field(None, description="The PRM score; for a step PRM the minimum of the steps.")
+    prm_steps: list[float] | None = None
+
+
 class Candidate(_Record):
     text: str
     tokens: int = Field(ge=0, description="Generated tokens, up to and including the stop token.")
     finish_reason: FinishReason
+    reference: bool = Field(False, description="The dataset's own answer, ranked only with --include_ground_truth.")
+    scores: Scores | None = Field(None, description="Set by the score stage.")
 
 
 class Generation(_Record):
@@ -71,6 +81,7 @@ class OutputRow(_Record):
     messages: list[Message]
     id: str
     rejected_response: str | None = None
+    scores: Scores | None = None
     extra: dict[str, Any] = Field(default_factory=dict)
 
     def to_json_line(self) -> str:
@@ -79,6 +90,8 @@ class OutputRow(_Record):
         if self.rejected_response is not None:
             line["rejected_response"] = self.rejected_response
         line["id"] = self.id
+        if self.scores is not None:
+            line["scores"] = self.scores.model_dump()
         for key, value in self.extra.items():
             line.setdefault(key, value)
         return json.dumps(line, ensure_ascii=False) + "\n"
@@ -95,4 +108,8 @@ class ShardSummary(_Record):
     candidates: int
     tokens: int
     skipped: dict[int, str] = Field(default_factory=dict, description="Prompt row -> reason it got no candidates.")
+    dropped: dict[int, str] = Field(default_factory=dict, description="Prompt row -> reason the selection "
+                                    "wrote no row for it (no passing candidate, too easy, unscorable, ...).")
+    short: dict[int, int] = Field(default_factory=dict, description="Prompt row -> candidates it had, when "
+                                  "fewer than N (e.g. scored from a cache file).")
     seconds: float

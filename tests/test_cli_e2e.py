@@ -159,3 +159,46 @@ def test_skip_bad_rows_skips_and_counts(tmp_path):
 def test_producer_import_stays_free_of_torch():
     code = "import sys, producer.cli, producer.submit, schemas; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+DIGIT_PLUGIN = '''
+from workers.scoring import ORM, orms
+
+
+class HasDigit(ORM):
+    """Passes a candidate that contains a digit: crude, but deterministic and non-trivial on this model."""
+
+    needs_ground_truth = False
+
+    def __call__(self, infer_requests, ground_truths, **kwargs):
+        return [float(any(ch.isdigit() for ch in r.messages[-1]["content"])) for r in infer_requests]
+
+
+orms["has_digit"] = HasDigit
+'''
+
+
+def test_two_stage_scoring_of_a_cache_file_equals_the_one_stage_run(tmp_path, arithmetic):
+    (tmp_path / "digit.py").write_text(DIGIT_PLUGIN)
+    common = [str(arithmetic), *SMALL, "--num_return_sequences", "4", "--seed", "5"]
+    scoring = ["--orm_model", "has_digit", "--external_plugins", "digit.py", "--n_best_to_keep", "2",
+               "--write_scores", "true"]
+    _ok(run_producer(*common, *scoring, "--output_file", "one.jsonl", cwd=tmp_path))
+    _ok(run_producer(*common, "--output_file", "stage1.jsonl", cwd=tmp_path))
+    two = _ok(run_producer(*common, *scoring, "--sampler_engine", "no", "--cache_files",
+                           "sample_output/stage1.jsonl", "--output_file", "two.jsonl", cwd=tmp_path))
+    out = tmp_path / "sample_output"
+    one_rows = read_jsonl(out / "one.jsonl")
+    assert one_rows, "the digit ORM should pass some candidates"
+    assert (out / "two.jsonl").read_text() == (out / "one.jsonl").read_text()
+    stage1 = read_jsonl(out / "stage1.jsonl")
+    assert len(stage1) == 20
+    has_digit = lambda text: any(ch.isdigit() for ch in text)  # noqa: E731
+    for row in one_rows:
+        failing = [r for r in stage1 if r["id"] == row["id"] and not has_digit(r["messages"][-1]["content"])]
+        assert row["scores"]["orm"] == 1.0
+        assert has_digit(row["rejected_response"]) == (not failing)  # an ORM failure is rejected when one exists
+    manifest = json.loads((out / "two.manifest.json").read_text())
+    assert manifest["engine"]["engine"] == "no"
+    assert manifest["counts"]["prompts"] - manifest["counts"]["dropped_prompts"] == len({r["id"] for r in one_rows})
+    assert "two.jsonl" in two.stdout

@@ -1,22 +1,89 @@
-"""The aggregate stage: a shard's candidates -> the rows written out.
+"""The aggregate stage: a shard's (scored) candidates -> the rows written out.
 
-Without a reward model every candidate is written (P x N rows), as in swift.
+Without a reward model every candidate is written (P x N rows), as in swift. With one, swift's rule:
+a candidate passes when its ORM score is > 0 and its PRM score is above ``--prm_threshold``; the
+candidates are ranked by min-max-normalised PRM + 10 x normalised ORM; the best ``--n_best_to_keep``
+passing ones are written, each with the lowest ranked as ``rejected_response``. Unlike swift:
+identical candidates count once, the rejected response is an ORM-failing candidate whenever one
+exists, and every prompt that gets no row is reported with its reason instead of vanishing.
 """
 from __future__ import annotations
 
-from schemas import GeneratedShard, Message, OutputRow, ShardSummary
+from schemas import Candidate, GeneratedShard, Generation, JobSpec, Message, OutputRow, ShardSummary
+
+ORM_WEIGHT = 10.0
 
 
-def output_rows(shard: GeneratedShard) -> list[OutputRow]:
-    """One row per candidate: the prompt turns plus the candidate as the assistant's answer."""
-    return [OutputRow(messages=[*g.prompt.messages, Message(role="assistant", content=c.text)],
-                      id=g.prompt.id, extra=g.prompt.extra)
-            for g in shard.generations for c in g.candidates]
+def _normalised(values: list[float | None]) -> list[float]:
+    """swift's normalize_rewards: min-max within the prompt; a constant is kept (capped at 1); absent -> 1."""
+    if any(v is None for v in values):
+        return [1.0] * len(values)
+    low, high = min(values), max(values)
+    if low == high:
+        return [min(1.0, low)] * len(values)
+    return [(v - low) / (high - low + 1e-5) for v in values]
 
 
-def summarise(shard: GeneratedShard, rows: int, seconds: float) -> ShardSummary:
+def _row(gen: Generation, cand: Candidate, rejected: str | None, spec: JobSpec) -> OutputRow:
+    return OutputRow(messages=[*gen.prompt.messages, Message(role="assistant", content=cand.text)],
+                     id=gen.prompt.id, rejected_response=rejected, extra=gen.prompt.extra,
+                     scores=cand.scores if spec.write_scores else None)
+
+
+def _distinct(cands: list[Candidate]) -> list[Candidate]:
+    seen: set[str] = set()
+    return [c for c in cands if not (c.text in seen or seen.add(c.text))]
+
+
+def choose(spec: JobSpec, gen: Generation) -> tuple[list[OutputRow], str | None]:
+    """The prompt's output rows, and why it got none (None when it got rows or was skipped upstream)."""
+    if gen.skipped:
+        return [], None
+    if not spec.scored:
+        return [_row(gen, c, None, spec) for c in gen.candidates], None
+    cands = _distinct(gen.candidates)
+    if not cands or any(c.scores is None for c in cands):
+        return [], "unscorable: no reference answer for the reward model"
+    orm = [c.scores.orm for c in cands]
+    prm = [c.scores.prm for c in cands]
+    use_orm, use_prm = spec.orm_model is not None, spec.prm_model is not None
+    passed = [(not use_orm or o > 0) and (not use_prm or p > spec.prm_threshold) for o, p in zip(orm, prm)]
+    if use_orm and spec.easy_query_threshold is not None:
+        sampled = [o for o, c in zip(orm, cands) if not c.reference]
+        if sampled and sum(o > 0 for o in sampled) / len(sampled) >= spec.easy_query_threshold:
+            return [], f"too easy: {sum(o > 0 for o in sampled)}/{len(sampled)} candidates pass the ORM"
+    if not any(passed):
+        return [], "no candidate passed the reward model(s)"
+    rank = [p + ORM_WEIGHT * o for p, o in zip(_normalised(prm), _normalised(orm))]
+    order = sorted(range(len(cands)), key=lambda i: -rank[i])  # stable: ties keep sampling order
+    failing = [i for i in order if use_orm and orm[i] <= 0]
+    rejected = failing[-1] if failing else order[-1]
+    chosen = [i for i in order if passed[i] and i != rejected][: spec.n_best]
+    if not chosen:
+        return [], "no preference pair: a single distinct candidate"
+    return [_row(gen, cands[i], cands[rejected].text, spec) for i in chosen], None
+
+
+def shard_rows(spec: JobSpec, shard: GeneratedShard) -> tuple[list[OutputRow], dict[int, str]]:
+    """Every row of the shard, and the prompts (by row) that got none with the reason."""
+    rows: list[OutputRow] = []
+    dropped: dict[int, str] = {}
+    for gen in shard.generations:
+        chosen, reason = choose(spec, gen)
+        rows += chosen
+        if reason:
+            dropped[gen.prompt.row] = reason
+    return rows, dropped
+
+
+def summarise(spec: JobSpec, shard: GeneratedShard, rows: int, dropped: dict[int, str],
+              seconds: float) -> ShardSummary:
     gens = shard.generations
+    n = spec.sampling.num_return_sequences
     return ShardSummary(job_id=shard.job_id, index=shard.index, prompts=len(gens), rows=rows,
                         candidates=sum(len(g.candidates) for g in gens),
                         tokens=sum(c.tokens for g in gens for c in g.candidates),
-                        skipped={g.prompt.row: g.skipped for g in gens if g.skipped}, seconds=round(seconds, 3))
+                        skipped={g.prompt.row: g.skipped for g in gens if g.skipped}, dropped=dropped,
+                        short={g.prompt.row: len(g.candidates) for g in gens
+                               if not g.skipped and len(g.candidates) < n},
+                        seconds=round(seconds, 3))

@@ -1,10 +1,12 @@
 """The embedded default: the whole pipeline in this process, shard by shard, no broker.
 
-generate -> aggregate -> write the shard's part; shards already done (``--resume``)
-are skipped; after the last shard the parts become the final jsonl and manifest.
+generate -> score (when a reward model is set) -> aggregate -> write the shard's part; shards
+already done (``--resume``) are skipped; after the last shard the parts become the final jsonl
+and manifest.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -13,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from schemas import JobSpec, PromptShard, ShardSummary
-from workers.aggregate import output_rows, summarise
+from workers.aggregate import shard_rows, summarise
 from workers.generate import generate_shard, load_engine
 from workers.output import JobOutput
+from workers.score import Scorer
 
 log = logging.getLogger(__name__)
 
@@ -30,32 +33,38 @@ def run_job(spec: JobSpec, shards: Iterable[PromptShard], *, planned_prompts: in
     started = time.time()
     output = JobOutput(spec)
     done = output.open()
-    engine = load_engine(spec)  # once, before any shard: a model that cannot load fails here
-    loaded = time.time()
     previous = {s.index: s for s in output.summaries()}
-    try:
+    with contextlib.ExitStack() as stack:
+        # Loaded once, before any shard: a plugin, reward model or generator that cannot load fails here.
+        scorer = Scorer(spec) if spec.scored else None
+        if scorer is not None:
+            stack.callback(scorer.close)
+        engine = load_engine(spec)
+        stack.callback(engine.close)
+        loaded = time.time()
         for shard in shards:
             if shard.index in done:
                 on_shard(previous[shard.index], True)
                 continue
             t0 = time.perf_counter()
             generated = generate_shard(engine, spec, shard)
-            rows = output_rows(generated)
-            summary = summarise(generated, len(rows), time.perf_counter() - t0)
+            if scorer is not None:
+                generated = scorer.score(generated)
+            rows, dropped = shard_rows(spec, generated)
+            summary = summarise(spec, generated, len(rows), dropped, time.perf_counter() - t0)
             output.write_shard(rows, summary)
             log.info("job %s shard %d: %d rows in %.1fs", shard.job_id, shard.index, len(rows), summary.seconds)
             on_shard(summary, False)
-        summaries = output.summaries()
-        manifest = _manifest(spec, planned_prompts, bad_rows, summaries, engine.describe(), started, loaded)
-        return output.finalise(manifest), manifest
-    finally:
-        engine.close()
+        manifest = _manifest(spec, planned_prompts, bad_rows, output.summaries(), engine.describe(), started, loaded)
+    return output.finalise(manifest), manifest
 
 
 def _manifest(spec: JobSpec, planned_prompts: int, bad_rows: list[str], summaries: list[ShardSummary], engine: dict[str, str],
               started: float, loaded: float) -> dict[str, Any]:
     finished = time.time()
     skipped = {row: reason for s in summaries for row, reason in s.skipped.items()}
+    dropped = {row: reason for s in summaries for row, reason in s.dropped.items()}
+    short = {row: count for s in summaries for row, count in s.short.items()}
     return {
         "spec": spec.model_dump(mode="json"),
         "engine": engine,
@@ -67,9 +76,13 @@ def _manifest(spec: JobSpec, planned_prompts: int, bad_rows: list[str], summarie
             "shards": len(summaries),
             "planned_prompts": planned_prompts,
             "skipped_prompts": len(skipped),
+            "dropped_prompts": len(dropped),
+            "short_prompts": len(short),
             "bad_rows": len(bad_rows),
         },
         "skipped_prompts": skipped,
+        "dropped_prompts": dropped,
+        "short_prompts": short,
         "bad_rows": bad_rows,
         "timings": {
             "started": datetime.fromtimestamp(started, timezone.utc).isoformat(),

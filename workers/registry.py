@@ -18,8 +18,8 @@ class Registry(Generic[T]):
     """A named set of factories; an unknown name lists the known ones."""
 
     def __init__(self, kind: str, option: str, entries: dict[str, str | Callable[..., T]] | None = None,
-                 aliases: dict[str, str] | None = None) -> None:
-        self.kind, self.option = kind, option
+                 aliases: dict[str, str] | None = None, check: Callable[[str, Any], None] | None = None) -> None:
+        self.kind, self.option, self._check = kind, option, check
         self._entries: dict[str, str | Callable[..., T]] = dict(entries or {})
         self._aliases = dict(aliases or {})
 
@@ -28,6 +28,8 @@ class Registry(Generic[T]):
 
     def __setitem__(self, name: str, cls: Callable[[], T]) -> None:
         """swift's plugin style, ``orms['name'] = MyORM``: a class built with no arguments."""
+        if self._check:
+            self._check(name, cls)
         self._entries[name] = lambda *args, **kwargs: cls()
 
     def __contains__(self, name: str) -> bool:

@@ -4,7 +4,8 @@ from workers.registry import Registry
 
 ENGINES: Registry[Engine] = Registry(
     "engine", "--sampler_engine",
-    {"transformers": "workers.engines.hf:TransformersEngine.from_spec"},
+    {"transformers": "workers.engines.hf:TransformersEngine.from_spec",
+     "no": "workers.engines.cache:CacheEngine.from_spec"},
     aliases={"pt": "transformers"},
 )
 

@@ -4,6 +4,7 @@ Built-in factories take the JobSpec; plugin files add classes swift-style (``orm
 """
 from workers.registry import Registry
 from workers.scoring.base import ORM, PRM, InferRequest, RewardModel
+from workers.scoring.plugins import check_plugin
 
 orms: Registry[RewardModel] = Registry("ORM", "--orm_model", {
     "math": "workers.scoring.orms:MathORM.from_spec",
@@ -11,9 +12,9 @@ orms: Registry[RewardModel] = Registry("ORM", "--orm_model", {
     "format": "workers.scoring.orms:FormatORM.from_spec",
     "repetition": "workers.scoring.orms:RepetitionORM.from_spec",
     "length": "workers.scoring.orms:LengthORM.from_spec",
-})
+}, check=check_plugin)
 prms: Registry[RewardModel] = Registry("PRM", "--prm_model", {
     "embedding": "workers.scoring.prms:EmbeddingPRM.from_spec",
-})
+}, check=check_plugin)
 
 __all__ = ["ORM", "PRM", "InferRequest", "RewardModel", "orms", "prms"]

@@ -1,0 +1,110 @@
+"""The score stage: a shard's candidates -> the same candidates with their ORM / PRM scores.
+
+Its own stage so that it can run on other machines than generation. Each distinct candidate text of a
+prompt is scored once; the whole shard goes to each reward model in one call, so models batch freely.
+A prompt whose ORM needs a reference answer it does not have is left unscored (the selection reports
+it as unscorable); the rest of the shard goes on.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+
+from schemas import Candidate, GeneratedShard, Generation, JobSpec, Scores
+from schemas.errors import PermanentError
+from workers.scoring import InferRequest, RewardModel, orms, prms
+from workers.scoring.plugins import load_plugins
+
+log = logging.getLogger(__name__)
+
+
+def validate_scores(name: str, scores: Sequence, expected: int) -> list[float | list[float]]:
+    """One finite score (or non-empty list of finite step scores) per request, else a PermanentError."""
+    if not isinstance(scores, Sequence) or len(scores) != expected:
+        got = len(scores) if isinstance(scores, Sequence) else type(scores).__name__
+        raise PermanentError(f"reward model {name!r} returned {got} scores for {expected} requests")
+    out: list[float | list[float]] = []
+    for i, score in enumerate(scores):
+        values = list(score) if isinstance(score, (list, tuple)) else [score]
+        try:
+            values = [float(v) for v in values]
+        except (TypeError, ValueError):
+            raise PermanentError(f"reward model {name!r}: score {i} is not a number: {score!r}") from None
+        if not values or any(math.isnan(v) or math.isinf(v) for v in values):
+            raise PermanentError(f"reward model {name!r}: score {i} is {score!r} (NaN, infinite or empty)")
+        out.append(values if isinstance(score, (list, tuple)) else values[0])
+    return out
+
+
+def load_prm(spec: JobSpec) -> RewardModel:
+    """A registered PRM name, else a model folder / hub id whose config says what kind it is."""
+    if spec.prm_model in prms:
+        return prms.create(spec.prm_model, spec)
+    from workers.scoring.prms import load_prm as load_from_path
+
+    return load_from_path(spec)
+
+
+class Scorer:
+    """The job's reward models, loaded once per process (plugins first, so their names resolve)."""
+
+    def __init__(self, spec: JobSpec) -> None:
+        load_plugins(spec.external_plugins)
+        self.spec = spec
+        self.orm = orms.create(spec.orm_model, spec) if spec.orm_model else None
+        self.prm = load_prm(spec) if spec.prm_model else None
+
+    def close(self) -> None:
+        for model in (self.orm, self.prm):
+            if model is not None:
+                model.close()
+
+    def _candidates(self, gen: Generation) -> list[Candidate]:
+        """The prompt's candidates, plus the dataset's answer when --include_ground_truth asks for it."""
+        cands = list(gen.candidates)
+        if self.spec.include_ground_truth and gen.prompt.ground_truth is not None and cands:
+            cands.append(Candidate(text=gen.prompt.ground_truth, tokens=0, finish_reason="stop", reference=True))
+        return cands
+
+    def score(self, shard: GeneratedShard) -> GeneratedShard:
+        """Score every distinct candidate of every scorable prompt in one call per reward model."""
+        needs_truth = any(m is not None and m.needs_ground_truth for m in (self.orm, self.prm))
+        todo: dict[tuple[int, str], int] = {}  # (generation, text) -> request index
+        requests: list[InferRequest] = []
+        truths: list[str | None] = []
+        scorable: set[int] = set()
+        for g, gen in enumerate(shard.generations):
+            if gen.skipped or (needs_truth and gen.prompt.ground_truth is None):
+                continue
+            scorable.add(g)
+            turns = [m.model_dump() for m in gen.prompt.messages]
+            for cand in self._candidates(gen):
+                if (g, cand.text) not in todo:
+                    todo[(g, cand.text)] = len(requests)
+                    requests.append(InferRequest(messages=[*turns, {"role": "assistant", "content": cand.text}]))
+                    truths.append(gen.prompt.ground_truth)
+        orm = self._run(self.orm, self.spec.orm_model, requests, truths)
+        prm = self._run(self.prm, self.spec.prm_model, requests, truths)
+        generations = []
+        for g, gen in enumerate(shard.generations):
+            if g not in scorable:
+                generations.append(gen)
+                continue
+            scored = []
+            for cand in self._candidates(gen):
+                k = todo[(g, cand.text)]
+                steps = prm[k] if prm and isinstance(prm[k], list) else None
+                scores = Scores(orm=orm[k] if orm else None,
+                                prm=(min(steps) if steps else prm[k]) if prm else None, prm_steps=steps)
+                scored.append(cand.model_copy(update={"scores": scores}))
+            generations.append(gen.model_copy(update={"candidates": scored}))
+        log.info("job %s shard %d: scored %d distinct candidates", shard.job_id, shard.index, len(requests))
+        return shard.model_copy(update={"generations": generations})
+
+    @staticmethod
+    def _run(model: RewardModel | None, name: str | None, requests: list[InferRequest],
+             truths: list[str | None]) -> list[float | list[float]]:
+        if model is None or not requests:
+            return []
+        return validate_scores(str(name), model(requests, truths), len(requests))
