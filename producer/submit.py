@@ -14,7 +14,6 @@ import logging
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 from producer.datasets import PromptStream
 from producer.progress import Progress
@@ -28,7 +27,7 @@ EMBEDDED_BACKEND = "workers.embedded"
 
 @dataclass(frozen=True)
 class RunResult:
-    path: Path
+    path: str
     manifest: dict
     seconds: float
 

@@ -51,8 +51,8 @@ def out(tmp_path: Path) -> Path:
 def test_open_creates_parts_and_reports_nothing_done(out):
     output = JobOutput(spec(out))
     assert output.open() == set()
-    assert output.parts.is_dir()
-    assert json.loads((output.parts / "job.json").read_text()) == spec(out).resume_key()
+    assert (out / output.parts).is_dir()
+    assert json.loads((out / output.parts / "job.json").read_text()) == spec(out).resume_key()
 
 
 def test_shards_concatenated_in_shard_order(out):
@@ -61,7 +61,7 @@ def test_shards_concatenated_in_shard_order(out):
     for index in (2, 0, 1):  # shards finish in any order
         write(output, index)
     final = output.finalise({"rows": 6})
-    assert final == out / "run.jsonl"
+    assert final == str(out / "run.jsonl")
     assert prompts_of(final) == ["s0p0", "s0p1", "s1p0", "s1p1", "s2p0", "s2p1"]
 
 
@@ -81,14 +81,14 @@ def test_manifest_written_and_parts_removed(out):
     write(output, 0)
     output.finalise({"rows": 2, "config": {"model": "m"}})
     assert json.loads((out / "run.manifest.json").read_text()) == {"rows": 2, "config": {"model": "m"}}
-    assert not output.parts.exists()
+    assert not (out / output.parts).exists()
 
 
 def test_no_final_file_before_finalise(out):
     output = JobOutput(spec(out))
     output.open()
     write(output, 0)
-    assert not output.final.exists()
+    assert not (out / output.final).exists()
 
 
 def test_rewriting_a_shard_overwrites_it(out):
@@ -105,7 +105,7 @@ def test_part_without_done_marker_is_not_done(out):
     output = JobOutput(spec(out))
     output.open()
     write(output, 0)
-    (output.parts / "shard-000001.jsonl").write_text('{"partial": true}\n')
+    (out / output.parts / "shard-000001.jsonl").write_text('{"partial": true}\n')
     assert [s.index for s in output.summaries()] == [0]
     assert prompts_of(output.finalise({})) == ["s0p0", "s0p1"]
 
@@ -200,5 +200,6 @@ def test_resume_may_change_resume_and_override_flags(out):
 
 def test_resume_of_parts_without_job_json(out):
     (out / ".run.jsonl.parts").mkdir(parents=True)
+    (out / ".run.jsonl.parts" / "shard-000000.jsonl").write_text("{}\n")
     with pytest.raises(OutputError):
         JobOutput(spec(out, resume=True)).open()

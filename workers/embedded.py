@@ -11,7 +11,6 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 from schemas import JobSpec, PromptShard, ShardSummary
@@ -24,8 +23,8 @@ log = logging.getLogger(__name__)
 
 
 def run_job(spec: JobSpec, shards: Iterable[PromptShard], *, planned_prompts: int, bad_rows: list[str],
-            on_shard: Callable[[ShardSummary, bool], None] = lambda summary, resumed: None) -> tuple[Path, dict]:
-    """Run every shard not yet done, then finalise; returns the final file and the manifest.
+            on_shard: Callable[[ShardSummary, bool], None] = lambda summary, resumed: None) -> tuple[str, dict]:
+    """Run every shard not yet done, then finalise; returns the final file's location and the manifest.
 
     ``planned_prompts`` and ``bad_rows`` come from the producer's reading of the data, for the manifest;
     ``on_shard(summary, resumed)`` is called per shard (``resumed``: done by an earlier run).
