@@ -68,7 +68,8 @@ def run_local(spec: JobSpec, *, progress: bool = True) -> RunResult:
     backend = importlib.import_module(EMBEDDED_BACKEND)
     bar = Progress(part, enabled=progress)
     try:
-        path, manifest = backend.run_job(spec, cut_shards(stream.iterate(total), job_id(spec), spec.shard_size),
+        job = job_id(spec)
+        path, manifest = backend.run_job(spec, cut_shards(stream.iterate(total), job, spec.shard_size), job_id=job,
                                          planned_prompts=part, bad_rows=bad_rows, on_shard=bar)
     finally:
         bar.close()

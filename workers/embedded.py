@@ -10,19 +10,18 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable
-from datetime import datetime, timezone
-from typing import Any
 
 from schemas import JobSpec, PromptShard, ShardSummary
 from workers.aggregate import shard_rows, summarise
 from workers.generate import generate_shard, load_engine
+from workers.manifest import build_manifest
 from workers.output import JobOutput
 from workers.score import Scorer
 
 log = logging.getLogger(__name__)
 
 
-def run_job(spec: JobSpec, shards: Iterable[PromptShard], *, planned_prompts: int, bad_rows: list[str],
+def run_job(spec: JobSpec, shards: Iterable[PromptShard], *, job_id: str, planned_prompts: int, bad_rows: list[str],
             on_shard: Callable[[ShardSummary, bool], None] = lambda summary, resumed: None) -> tuple[str, dict]:
     """Run every shard not yet done, then finalise; returns the final file's location and the manifest.
 
@@ -54,40 +53,7 @@ def run_job(spec: JobSpec, shards: Iterable[PromptShard], *, planned_prompts: in
             output.write_shard(rows, summary)
             log.info("job %s shard %d: %d rows in %.1fs", shard.job_id, shard.index, len(rows), summary.seconds)
             on_shard(summary, False)
-        manifest = _manifest(spec, planned_prompts, bad_rows, output.summaries(), engine.describe(), started, loaded)
+        manifest = build_manifest(spec, output.summaries(), job_id=job_id, engine=engine.describe(),
+                                  planned_prompts=planned_prompts, bad_rows=bad_rows, started=started,
+                                  finished=time.time(), load_seconds=loaded - started)
     return output.finalise(manifest), manifest
-
-
-def _manifest(spec: JobSpec, planned_prompts: int, bad_rows: list[str], summaries: list[ShardSummary], engine: dict[str, str],
-              started: float, loaded: float) -> dict[str, Any]:
-    finished = time.time()
-    skipped = {row: reason for s in summaries for row, reason in s.skipped.items()}
-    dropped = {row: reason for s in summaries for row, reason in s.dropped.items()}
-    short = {row: count for s in summaries for row, count in s.short.items()}
-    return {
-        "spec": spec.model_dump(mode="json"),
-        "engine": engine,
-        "counts": {
-            "prompts": sum(s.prompts for s in summaries),
-            "rows": sum(s.rows for s in summaries),
-            "candidates": sum(s.candidates for s in summaries),
-            "tokens": sum(s.tokens for s in summaries),
-            "shards": len(summaries),
-            "planned_prompts": planned_prompts,
-            "skipped_prompts": len(skipped),
-            "dropped_prompts": len(dropped),
-            "short_prompts": len(short),
-            "bad_rows": len(bad_rows),
-        },
-        "skipped_prompts": skipped,
-        "dropped_prompts": dropped,
-        "short_prompts": short,
-        "bad_rows": bad_rows,
-        "timings": {
-            "started": datetime.fromtimestamp(started, timezone.utc).isoformat(),
-            "finished": datetime.fromtimestamp(finished, timezone.utc).isoformat(),
-            "load_seconds": round(loaded - started, 3),
-            "seconds": round(finished - started, 3),
-            "shard_seconds": round(sum(s.seconds for s in summaries), 3),
-        },
-    }

@@ -1,0 +1,100 @@
+"""The fleet's contract between the producer and the workers: task and queue names, Redis keys,
+and the Celery settings both sides must agree on. Plain data; the producer sends tasks by name and
+reads job state by key, so it never imports the workers (nor torch).
+"""
+from __future__ import annotations
+
+import os
+import re
+from typing import Any
+
+# Task names (readable in Flower) and the queues they go to.
+TASK_OPEN = "samplefleet.open_job"
+TASK_GENERATE = "samplefleet.generate"
+TASK_SCORE = "samplefleet.score"
+TASK_AGGREGATE = "samplefleet.aggregate"
+QUEUE_GENERATE = "generate"
+QUEUE_SCORE = "score"
+QUEUE_AGGREGATE = "aggregate"
+QUEUE_CONTROL = "control"  # small jobs: open_job
+DEFAULT_QUEUES = (QUEUE_GENERATE, QUEUE_SCORE, QUEUE_AGGREGATE, QUEUE_CONTROL)
+
+STAGES = ("generate", "score", "aggregate")
+KEY_PREFIX = "samplefleet"
+
+
+def model_queue(model: str) -> str:
+    """``generate.<model>``: generator workers of one model listen here, so its weights stay warm."""
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", model.rstrip("/").rsplit("/", 2)[-1] if "/" in model else model)
+    return f"{QUEUE_GENERATE}.{slug.strip('-') or 'model'}"
+
+
+class Keys:
+    """Redis keys of one job (all under ``samplefleet:``)."""
+
+    jobs = f"{KEY_PREFIX}:jobs"  # sorted set: job id -> created time
+    queues = f"{KEY_PREFIX}:queues"  # set: generate queues in use, followed by workers that serve every queue
+
+    def __init__(self, job_id: str) -> None:
+        base = f"{KEY_PREFIX}:job:{job_id}"
+        self.job = base  # hash: spec, shards, created, status, output, ...
+        self.stage = {stage: f"{base}:{stage}" for stage in STAGES}  # sets of shard indices done per stage
+        self.failed = f"{base}:failed"  # hash: shard -> error
+        self.attempts = f"{base}:attempts"  # hash: shard -> failed attempts so far
+        self.running = f"{base}:running"  # hash: shard -> "stage worker since" of the task in flight
+        self.counters = f"{base}:counters"  # hash: candidates, tokens, rows (counted once per shard)
+        self.finalising = f"{base}:finalising"  # lock: only one aggregator assembles the output
+
+
+def _env_int(name: str, default: int) -> int:
+    return int(os.environ.get(name, default))
+
+
+def broker_url() -> str:
+    return os.environ.get("SAMPLEFLEET_BROKER_URL", "redis://127.0.0.1:6379/0")
+
+
+def celery_settings() -> dict[str, Any]:
+    """Settings for the workers and for the producer's sending client. Why each is what it is:
+
+    - JSON only: nothing on the wire can run code when it is loaded (pickle is refused).
+    - acks_late + reject_on_worker_lost: a shard is acknowledged after it is done, so a worker that
+      dies mid-shard hands it back instead of losing it; writes are idempotent, so a rerun is safe.
+    - prefetch 1: a GPU worker holds one shard at a time; others are not stuck behind it.
+    - visibility_timeout: with Redis an unacknowledged message is redelivered after this many seconds,
+      so it must exceed the longest shard (default 6 h), or a slow shard would run twice. The same on
+      the result backend. Shorten it (SAMPLEFLEET_VISIBILITY_TIMEOUT) to recover killed workers sooner.
+    - soft shutdown: on SIGTERM a worker gets SAMPLEFLEET_SOFT_SHUTDOWN seconds to finish its shard
+      before the shard is handed back.
+    - events on: Flower shows tasks live.
+    """
+    visibility = _env_int("SAMPLEFLEET_VISIBILITY_TIMEOUT", 6 * 3600)
+    transport = {"visibility_timeout": visibility, "fanout_prefix": True, "fanout_patterns": True}
+    return {
+        "broker_url": broker_url(),
+        "result_backend": os.environ.get("SAMPLEFLEET_RESULT_URL", broker_url()),
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "broker_transport_options": transport,
+        "result_backend_transport_options": {"visibility_timeout": visibility},
+        "result_expires": 7 * 24 * 3600,
+        "worker_soft_shutdown_timeout": float(os.environ.get("SAMPLEFLEET_SOFT_SHUTDOWN", 60)),
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "task_track_started": True,
+        "task_default_queue": QUEUE_CONTROL,
+        "broker_connection_retry_on_startup": True,
+        "broker_connection_timeout": 5,
+        "task_routes": {TASK_OPEN: {"queue": QUEUE_CONTROL}, TASK_SCORE: {"queue": QUEUE_SCORE},
+                        TASK_AGGREGATE: {"queue": QUEUE_AGGREGATE}},
+    }
+
+
+def max_attempts() -> int:
+    """Failed attempts after which a shard is marked failed (SAMPLEFLEET_MAX_ATTEMPTS, default 3)."""
+    return _env_int("SAMPLEFLEET_MAX_ATTEMPTS", 3)

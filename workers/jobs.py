@@ -1,0 +1,109 @@
+"""A fleet job's state in Redis, as the workers change it: stage progress, failures, finalisation.
+
+Every update is idempotent: a shard is added to a stage's *set*, and counters move only when the
+shard was not there yet, so a redelivered task never counts twice. The job is finalised by the one
+aggregator that wins a SET NX lock, after every shard is either aggregated or failed.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from functools import lru_cache
+import redis
+
+from schemas import JobSpec, ShardSummary
+from schemas.fleet import Keys
+from workers.manifest import build_manifest
+from workers.output import JobOutput
+
+log = logging.getLogger(__name__)
+
+
+@lru_cache(maxsize=8)
+def connect(url: str) -> redis.Redis:
+    """One client per URL per process (redis-py pools connections and reconnects by itself)."""
+    return redis.Redis.from_url(url, socket_timeout=30, socket_connect_timeout=10, health_check_interval=30,
+                                retry_on_timeout=True)
+
+
+class FleetJob:
+    """One job as seen by a worker."""
+
+    def __init__(self, db: redis.Redis, job_id: str) -> None:
+        self.db, self.id, self.keys = db, job_id, Keys(job_id)
+
+    @property
+    def spec(self) -> JobSpec:
+        raw = self.db.hget(self.keys.job, "spec")
+        if raw is None:
+            raise KeyError(f"job {self.id}: unknown (no record in Redis)")
+        return _spec(raw.decode() if isinstance(raw, bytes) else raw)
+
+    def field(self, name: str) -> str | None:
+        raw = self.db.hget(self.keys.job, name)
+        return raw.decode() if isinstance(raw, bytes) else raw
+
+    def cancelled(self) -> bool:
+        return self.field("status") == "cancelled"
+
+    def started(self, stage: str, index: int, worker: str) -> None:
+        self.db.hset(self.keys.running, str(index), json.dumps({"stage": stage, "worker": worker, "since": time.time()}))
+
+    def stage_done(self, stage: str, index: int, summary: ShardSummary | None = None) -> bool:
+        """Mark the stage done for the shard; True when this call was the first to do so."""
+        first = bool(self.db.sadd(self.keys.stage[stage], index))
+        pipe = self.db.pipeline()
+        if stage == "aggregate":
+            pipe.hdel(self.keys.running, str(index))
+            pipe.hdel(self.keys.failed, str(index))
+            if first and summary is not None:
+                pipe.hincrby(self.keys.counters, "candidates", summary.candidates)
+                pipe.hincrby(self.keys.counters, "tokens", summary.tokens)
+                pipe.hincrby(self.keys.counters, "rows", summary.rows)
+        pipe.execute()
+        return first
+
+    def attempt_failed(self, index: int) -> int:
+        """Count a failed attempt of the shard; the new count."""
+        return int(self.db.hincrby(self.keys.attempts, str(index), 1))
+
+    def failed(self, index: int, error: str) -> None:
+        """The shard is given up: its error is kept for `producer status` and the manifest."""
+        pipe = self.db.pipeline()
+        pipe.hset(self.keys.failed, str(index), error)
+        pipe.hdel(self.keys.running, str(index))
+        pipe.execute()
+
+    def complete(self) -> bool:
+        total = int(self.field("shards") or 0)
+        done = self.db.scard(self.keys.stage["aggregate"])
+        failed = self.db.hlen(self.keys.failed)
+        return done + failed >= total
+
+    def finalise_once(self, engine: dict[str, str]) -> str | None:
+        """Assemble the output if every shard is settled and no other aggregator has; the location or None."""
+        if not self.complete() or not self.db.set(self.keys.finalising, "1", nx=True):
+            return None
+        try:
+            spec = self.spec
+            output = JobOutput(spec)
+            failed = {int(k): v.decode() for k, v in self.db.hgetall(self.keys.failed).items()}
+            manifest = build_manifest(spec, output.summaries(), job_id=self.id, engine=engine,
+                                      planned_prompts=int(self.field("prompts") or 0),
+                                      bad_rows=json.loads(self.field("bad_rows") or "[]"),
+                                      started=float(self.field("created") or time.time()), finished=time.time(),
+                                      failed=failed)
+            location = output.finalise(manifest)
+        except BaseException:
+            self.db.delete(self.keys.finalising)  # let the next aggregator try again
+            raise
+        self.db.hset(self.keys.job, mapping={"status": "partial" if failed else "done", "finished": time.time(),
+                                             "output": location})
+        log.info("job %s finalised: %s%s", self.id, location, f" ({len(failed)} shards failed)" if failed else "")
+        return location
+
+
+@lru_cache(maxsize=32)
+def _spec(raw: str) -> JobSpec:
+    return JobSpec.model_validate_json(raw)
