@@ -12,20 +12,6 @@ from schemas.errors import ConfigError, SampleFleetError
 
 log = logging.getLogger("producer")
 
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="producer", description="samplefleet: sample N candidates per prompt "
-                                     "of a dataset and write them as chat jsonl (swift sample's job).")
-    sub = parser.add_subparsers(dest="command", required=True)
-    submit = sub.add_parser("submit", help="sample a dataset (in this process when no broker is given)",
-                            description="Sample N candidates for each prompt of DATASET and write them as jsonl. "
-                            "Option names follow `swift sample`.")
-    add_job_options(submit)
-    submit.add_argument("--no_progress", "--no-progress", action="store_true", help="no progress bar")
-    submit.add_argument("--log_level", "--log-level", default="WARNING", help="logging level (default WARNING)")
-    return parser
-
-
 # swift sample options that have no meaning here, with what to do instead.
 SWIFT_ONLY = {
     "--model_type": "samplefleet reads the architecture from the model folder; drop it",
@@ -34,12 +20,45 @@ SWIFT_ONLY = {
 }
 
 
+def _common(parser: argparse.ArgumentParser, *, broker_help: str) -> None:
+    parser.add_argument("--broker", default=os.environ.get("SAMPLEFLEET_BROKER_URL"), help=broker_help)
+    parser.add_argument("--log_level", "--log-level", default="WARNING", help="logging level (default WARNING)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="producer", description="samplefleet: sample N candidates per prompt "
+                                     "of a dataset and write them as chat jsonl (swift sample's job), in this "
+                                     "process or over a fleet of Celery workers.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    submit = sub.add_parser("submit", help="sample a dataset (in this process when no broker is given)",
+                            description="Sample N candidates for each prompt of DATASET and write them as jsonl. "
+                            "Option names follow `swift sample`.")
+    add_job_options(submit)
+    submit.add_argument("--no_progress", "--no-progress", action="store_true", help="no progress bar")
+    submit.add_argument("--wait", action="store_true", help="with --broker: show progress until the job ends")
+    _common(submit, broker_help="Redis URL of a fleet (default $SAMPLEFLEET_BROKER_URL); without one the job "
+            "runs in this process")
+    for name, text in (("status", "a job's progress, failed shards and throughput"),
+                       ("cancel", "stop a job: workers skip its remaining shards"),
+                       ("resume", "re-enqueue a job's shards that are neither done nor in flight"),
+                       ("wait", "show a job's progress until it ends")):
+        cmd = sub.add_parser(name, help=text, description=text)
+        cmd.add_argument("job", help="job id (see `producer list`)")
+        if name == "resume":
+            cmd.add_argument("--wait", action="store_true", help="show progress until the job ends")
+        cmd.add_argument("--no_progress", "--no-progress", action="store_true", help="no progress bar")
+        _common(cmd, broker_help="Redis URL of the fleet (default $SAMPLEFLEET_BROKER_URL)")
+    listing = sub.add_parser("list", help="the fleet's jobs, newest first")
+    _common(listing, broker_help="Redis URL of the fleet (default $SAMPLEFLEET_BROKER_URL)")
+    return parser
+
+
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = _parser()
     args, unknown = parser.parse_known_args(argv)
     if unknown:
         hints = [f"{u.split('=')[0]}: {SWIFT_ONLY[u.split('=')[0]]}" for u in unknown if u.split("=")[0] in SWIFT_ONLY]
-        parser.error(f"unrecognized arguments: {' '.join(unknown)}" + ("".join(f"\n  {h}" for h in hints)))
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}" + "".join(f"\n  {h}" for h in hints))
     return args
 
 
@@ -50,9 +69,23 @@ def _quiet_libraries() -> None:
         os.environ.setdefault(key, value)
 
 
+def _fleet(args: argparse.Namespace):
+    from producer.fleet import Fleet  # only fleet commands need celery and redis
+
+    if not args.broker:
+        raise ConfigError(f"`producer {args.command}` needs a fleet: pass --broker redis://HOST:PORT/DB "
+                          "or set SAMPLEFLEET_BROKER_URL")
+    return Fleet(args.broker)
+
+
 def submit(args: argparse.Namespace) -> int:
-    progress = not args.__dict__.pop("no_progress")
+    progress = not args.no_progress
     spec = spec_from_args(args)
+    if args.broker:
+        fleet = _fleet(args)
+        job_id = fleet.submit(spec)
+        print(job_id)
+        return _finish(fleet.wait(job_id, progress=progress)) if args.wait else 0
     result = run_local(spec, progress=progress)
     counts = result.manifest["counts"]
     notes = [f"{counts[k]} {label}" for k, label in (
@@ -63,13 +96,43 @@ def submit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _finish(status) -> int:
+    print(status.describe())
+    if status.status == "partial":
+        print(f"job {status.job_id} is PARTIAL: {len(status.failed)} shards failed (see above); "
+              f"`producer resume {status.job_id}` retries them", file=sys.stderr)
+        return 1
+    return 0 if status.status == "done" else 1
+
+
+def command(args: argparse.Namespace) -> int:
+    if args.command == "submit":
+        return submit(args)
+    fleet = _fleet(args)
+    if args.command == "list":
+        for status in fleet.list():
+            print(status.describe().splitlines()[0])
+        return 0
+    if args.command == "status":
+        print(fleet.status(args.job).describe())
+    elif args.command == "cancel":
+        fleet.cancel(args.job)
+        print(f"job {args.job} cancelled")
+    elif args.command == "resume":
+        print(f"job {args.job}: {fleet.resume(args.job)} shards re-enqueued")
+        if args.wait:
+            return _finish(fleet.wait(args.job, progress=not args.no_progress))
+    elif args.command == "wait":
+        return _finish(fleet.wait(args.job, progress=not args.no_progress))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
-    logging.basicConfig(level=args.__dict__.pop("log_level").upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     _quiet_libraries()
     try:
-        return submit(args)
+        return command(args)
     except ConfigError as exc:
         print(f"producer: error: {exc}", file=sys.stderr)
         return 2

@@ -100,7 +100,8 @@ def _option_of(loc: tuple) -> str:
 
 def spec_from_args(args: argparse.Namespace) -> JobSpec:
     """Build and validate the JobSpec; a ConfigError names each bad option and its value."""
-    given = {k: v for k, v in vars(args).items() if k not in ("command", "dataset_args", "dataset_opts")}
+    cli_only = ("command", "dataset_args", "dataset_opts", "broker", "wait", "no_progress", "log_level")
+    given = {k: v for k, v in vars(args).items() if k not in cli_only}
     sampling = {k: given.pop(k) for k in list(given) if k in SamplingParams.model_fields}
     datasets = list(args.dataset_args) + list(args.dataset_opts)
     if not datasets:

@@ -31,3 +31,26 @@ class Progress:
 
     def close(self) -> None:
         self.bar.close()
+
+
+class StageBars:
+    """One bar per fleet stage (shards done), fed from `producer status` polls."""
+
+    def __init__(self, status, *, enabled: bool = True) -> None:
+        stages = [s for s in ("generate", "score", "aggregate") if s != "score" or status.scored]
+        self.bars = {stage: tqdm(total=status.shards, desc=f"{stage:>9}", unit="shard", disable=not enabled,
+                                 file=sys.stderr, dynamic_ncols=True, position=k)
+                     for k, stage in enumerate(stages)}
+        self.update(status)
+
+    def update(self, status) -> None:
+        rate = status.counters.get("candidates", 0) / max(status.seconds, 1e-9)
+        for stage, bar in self.bars.items():
+            bar.n = status.stages[stage] + (len(status.failed) if stage == "aggregate" else 0)
+            if stage == "aggregate":
+                bar.set_postfix_str(f"{rate:.1f} samples/s, {len(status.failed)} failed", refresh=False)
+            bar.refresh()
+
+    def close(self) -> None:
+        for bar in self.bars.values():
+            bar.close()

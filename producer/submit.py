@@ -50,6 +50,14 @@ def cut_shards(prompts: Iterable[Prompt], job: str, size: int) -> Iterator[Promp
         yield PromptShard(job_id=job, index=index, prompts=batch)
 
 
+def part_size(spec: JobSpec, total: int) -> int:
+    """Prompts in this job's --data_range part of ``total`` (all of them without one)."""
+    if not spec.data_range:
+        return total
+    i, n = spec.data_range
+    return (i + 1) * total // n - i * total // n
+
+
 def run_local(spec: JobSpec, *, progress: bool = True) -> RunResult:
     """Run the whole job in this process and return where its output went."""
     started = time.perf_counter()
@@ -59,11 +67,7 @@ def run_local(spec: JobSpec, *, progress: bool = True) -> RunResult:
     if total == 0:
         raise DataError(f"no prompts in {', '.join(map(str, spec.datasets))}"
                         + (f" ({len(bad_rows)} bad rows skipped)" if bad_rows else ""))
-    if spec.data_range:
-        i, n = spec.data_range
-        part = (i + 1) * total // n - i * total // n
-    else:
-        part = total
+    part = part_size(spec, total)
     log.info("%d prompts (%d in this part), %d bad rows skipped", total, part, len(bad_rows))
     backend = importlib.import_module(EMBEDDED_BACKEND)
     bar = Progress(part, enabled=progress)

@@ -40,7 +40,7 @@ class Keys:
         self.job = base  # hash: spec, shards, created, status, output, ...
         self.stage = {stage: f"{base}:{stage}" for stage in STAGES}  # sets of shard indices done per stage
         self.failed = f"{base}:failed"  # hash: shard -> error
-        self.attempts = f"{base}:attempts"  # hash: shard -> failed attempts so far
+        self.deliveries = f"{base}:deliveries"  # hash: "stage:shard" -> times its task was delivered
         self.running = f"{base}:running"  # hash: shard -> "stage worker since" of the task in flight
         self.counters = f"{base}:counters"  # hash: candidates, tokens, rows (counted once per shard)
         self.finalising = f"{base}:finalising"  # lock: only one aggregator assembles the output
@@ -52,6 +52,11 @@ def _env_int(name: str, default: int) -> int:
 
 def broker_url() -> str:
     return os.environ.get("SAMPLEFLEET_BROKER_URL", "redis://127.0.0.1:6379/0")
+
+
+def state_url() -> str:
+    """Where job state lives (SAMPLEFLEET_STATE_URL, default the broker's Redis)."""
+    return os.environ.get("SAMPLEFLEET_STATE_URL", broker_url())
 
 
 def celery_settings() -> dict[str, Any]:

@@ -73,6 +73,7 @@ class GeneratedShard(_Record):
     job_id: str
     index: int = Field(ge=0)
     generations: list[Generation]
+    seconds: float = Field(0.0, description="Time spent on the shard so far (generation, then scoring).")
 
 
 class OutputRow(_Record):

@@ -76,8 +76,7 @@ def shard_rows(spec: JobSpec, shard: GeneratedShard) -> tuple[list[OutputRow], d
     return rows, dropped
 
 
-def summarise(spec: JobSpec, shard: GeneratedShard, rows: int, dropped: dict[int, str],
-              seconds: float) -> ShardSummary:
+def summarise(spec: JobSpec, shard: GeneratedShard, rows: int, dropped: dict[int, str]) -> ShardSummary:
     gens = shard.generations
     n = spec.sampling.num_return_sequences
     return ShardSummary(job_id=shard.job_id, index=shard.index, prompts=len(gens), rows=rows,
@@ -86,4 +85,4 @@ def summarise(spec: JobSpec, shard: GeneratedShard, rows: int, dropped: dict[int
                         skipped={g.prompt.row: g.skipped for g in gens if g.skipped}, dropped=dropped,
                         short={g.prompt.row: len(g.candidates) for g in gens
                                if not g.skipped and len(g.candidates) < n},
-                        seconds=round(seconds, 3))
+                        seconds=round(shard.seconds, 3))

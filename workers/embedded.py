@@ -44,12 +44,11 @@ def run_job(spec: JobSpec, shards: Iterable[PromptShard], *, job_id: str, planne
             if shard.index in done:
                 on_shard(previous[shard.index], True)
                 continue
-            t0 = time.perf_counter()
             generated = generate_shard(engine, spec, shard)
             if scorer is not None:
                 generated = scorer.score(generated)
             rows, dropped = shard_rows(spec, generated)
-            summary = summarise(spec, generated, len(rows), dropped, time.perf_counter() - t0)
+            summary = summarise(spec, generated, len(rows), dropped)
             output.write_shard(rows, summary)
             log.info("job %s shard %d: %d rows in %.1fs", shard.job_id, shard.index, len(rows), summary.seconds)
             on_shard(summary, False)

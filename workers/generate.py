@@ -1,6 +1,8 @@
 """The generate stage: a prompt shard -> its candidates, on an engine loaded once per process."""
 from __future__ import annotations
 
+import time
+
 from schemas import GeneratedShard, JobSpec, PromptShard
 from workers.engines import ENGINES, Engine
 
@@ -12,5 +14,7 @@ def load_engine(spec: JobSpec) -> Engine:
 
 def generate_shard(engine: Engine, spec: JobSpec, shard: PromptShard) -> GeneratedShard:
     """Sample N candidates for every prompt of the shard with the shard's own seed."""
+    started = time.perf_counter()
     generations = engine.generate(shard.prompts, spec.sampling, seed=spec.sampling.shard_seed(shard.index))
-    return GeneratedShard(job_id=shard.job_id, index=shard.index, generations=generations)
+    return GeneratedShard(job_id=shard.job_id, index=shard.index, generations=generations,
+                          seconds=time.perf_counter() - started)

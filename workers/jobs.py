@@ -47,6 +47,13 @@ class FleetJob:
     def cancelled(self) -> bool:
         return self.field("status") == "cancelled"
 
+    def delivered(self, stage: str, index: int) -> int:
+        """Count one more delivery of the shard's stage task; the new count."""
+        return int(self.db.hincrby(self.keys.deliveries, f"{stage}:{index}", 1))
+
+    def record_engine(self, engine: dict[str, str]) -> None:
+        self.db.hsetnx(self.keys.job, "engine", json.dumps(engine))
+
     def started(self, stage: str, index: int, worker: str) -> None:
         self.db.hset(self.keys.running, str(index), json.dumps({"stage": stage, "worker": worker, "since": time.time()}))
 
@@ -64,10 +71,6 @@ class FleetJob:
         pipe.execute()
         return first
 
-    def attempt_failed(self, index: int) -> int:
-        """Count a failed attempt of the shard; the new count."""
-        return int(self.db.hincrby(self.keys.attempts, str(index), 1))
-
     def failed(self, index: int, error: str) -> None:
         """The shard is given up: its error is kept for `producer status` and the manifest."""
         pipe = self.db.pipeline()
@@ -81,7 +84,7 @@ class FleetJob:
         failed = self.db.hlen(self.keys.failed)
         return done + failed >= total
 
-    def finalise_once(self, engine: dict[str, str]) -> str | None:
+    def finalise_once(self) -> str | None:
         """Assemble the output if every shard is settled and no other aggregator has; the location or None."""
         if not self.complete() or not self.db.set(self.keys.finalising, "1", nx=True):
             return None
@@ -89,12 +92,13 @@ class FleetJob:
             spec = self.spec
             output = JobOutput(spec)
             failed = {int(k): v.decode() for k, v in self.db.hgetall(self.keys.failed).items()}
-            manifest = build_manifest(spec, output.summaries(), job_id=self.id, engine=engine,
+            manifest = build_manifest(spec, output.summaries(), job_id=self.id,
+                                      engine=json.loads(self.field("engine") or "{}"),
                                       planned_prompts=int(self.field("prompts") or 0),
                                       bad_rows=json.loads(self.field("bad_rows") or "[]"),
                                       started=float(self.field("created") or time.time()), finished=time.time(),
                                       failed=failed)
-            location = output.finalise(manifest)
+            location = output.finalise(manifest, keep_parts=bool(failed))
         except BaseException:
             self.db.delete(self.keys.finalising)  # let the next aggregator try again
             raise

@@ -90,13 +90,27 @@ class JobOutput:
         self.storage.write(self._part(summary.index), "".join(r.to_json_line() for r in rows).encode())
         self.storage.write(self._done(summary.index), summary.model_dump_json().encode())
 
+    def _stage(self, stage: str, index: int) -> str:
+        return f"{self.parts}{stage}/shard-{index:06d}.json"
+
+    def write_stage(self, stage: str, index: int, text: str) -> None:
+        """A fleet stage's result for one shard (candidates, scores), passed on by reference."""
+        self.storage.write(self._stage(stage, index), text.encode())
+
+    def read_stage(self, stage: str, index: int) -> str:
+        return self.storage.read(self._stage(stage, index)).decode()
+
     def summaries(self) -> list[ShardSummary]:
         return sorted((ShardSummary.model_validate_json(self.storage.read(k))
                        for k in self.storage.list(self.parts) if k.endswith(".done.json")), key=lambda s: s.index)
 
-    def finalise(self, manifest: dict[str, Any]) -> str:
-        """Concatenate the parts in shard order into the final file, write the manifest, drop the parts."""
+    def finalise(self, manifest: dict[str, Any], *, keep_parts: bool = False) -> str:
+        """Concatenate the parts in shard order into the final file, write the manifest, drop the parts.
+
+        ``keep_parts``: a partial job keeps them, so that resuming it can assemble the whole output later.
+        """
         self.storage.concat((self._part(s.index) for s in self.summaries()), self.final)
         self.storage.write(self.manifest, (json.dumps(manifest, indent=1, ensure_ascii=False) + "\n").encode())
-        self.storage.delete_prefix(self.parts)
+        if not keep_parts:
+            self.storage.delete_prefix(self.parts)
         return self.location

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Sequence
 
 from schemas import Candidate, GeneratedShard, Generation, JobSpec, Scores
@@ -69,6 +70,7 @@ class Scorer:
 
     def score(self, shard: GeneratedShard) -> GeneratedShard:
         """Score every distinct candidate of every scorable prompt in one call per reward model."""
+        started = time.perf_counter()
         needs_truth = any(m is not None and m.needs_ground_truth for m in (self.orm, self.prm))
         todo: dict[tuple[int, str], int] = {}  # (generation, text) -> request index
         requests: list[InferRequest] = []
@@ -100,7 +102,8 @@ class Scorer:
                 scored.append(cand.model_copy(update={"scores": scores}))
             generations.append(gen.model_copy(update={"candidates": scored}))
         log.info("job %s shard %d: scored %d distinct candidates", shard.job_id, shard.index, len(requests))
-        return shard.model_copy(update={"generations": generations})
+        return shard.model_copy(update={"generations": generations,
+                                        "seconds": shard.seconds + time.perf_counter() - started})
 
     @staticmethod
     def _run(model: RewardModel | None, name: str | None, requests: list[InferRequest],

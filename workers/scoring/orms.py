@@ -78,7 +78,7 @@ def _serve(conn: Connection) -> None:
                 conn.send((0.0, type(exc).__name__))  # not str(exc): printing a sympy object can hang too
 
 
-@dataclass
+@dataclass(eq=False)
 class _Checker:
     """One checker process and the checks it has been sent but not yet answered."""
 
@@ -107,7 +107,7 @@ class _CheckerPool:
         try:
             for checker in self._checkers:
                 self._await_ready(checker)
-        except PermanentError:
+        except BaseException:
             self.close()
             raise
 
@@ -170,7 +170,8 @@ class _CheckerPool:
                                 pairs[index][0], error)
                 checker.since = time.monotonic()
         except (EOFError, OSError):
-            self._abandon(checker, pairs, queue, f"crashed its process (exit code {checker.process.exitcode})")
+            checker.process.join(1.0)
+            self._abandon(checker, pairs, queue, f"ended its process (exit code {checker.process.exitcode})")
 
     def _abandon(self, checker: _Checker, pairs: list[tuple[str, str]], queue: deque[list[int]], why: str) -> None:
         """Score the current check 0 (already its default), replace the process, requeue the rest of the chunk."""
@@ -243,13 +244,21 @@ class MathORM(ORM):
             elif pair:
                 to_check.setdefault(pair, []).append(i)
         if to_check:
-            if self._pool is None:
-                self._pool = _CheckerPool(self.workers, self.timeout)
-            for indices, score in zip(to_check.values(), self._pool.run(list(to_check)), strict=True):
+            for indices, score in zip(to_check.values(), self._check(list(to_check)), strict=True):
                 for i in indices:
                     scores[i] = score
         log.debug("math ORM: %d requests, %d distinct symbolic checks", len(infer_requests), len(to_check))
         return scores
+
+    def _check(self, pairs: list[tuple[str, str]]) -> list[float]:
+        """The pool's scores; the pool starts on first use and is dropped if a call fails half-way."""
+        if self._pool is None:
+            self._pool = _CheckerPool(self.workers, self.timeout)
+        try:
+            return self._pool.run(pairs)
+        except BaseException:  # an interrupt included: answers still in the pipes must not leak into a later call
+            self.close()
+            raise
 
     def close(self) -> None:
         if self._pool is not None:

@@ -1,0 +1,52 @@
+"""The Celery app: ``celery -A workers.app worker [-Q QUEUES] [--pool solo]``.
+
+Configured from the environment (see ``schemas.fleet.celery_settings`` for every setting and why):
+``SAMPLEFLEET_BROKER_URL`` (default ``redis://127.0.0.1:6379/0``), ``SAMPLEFLEET_RESULT_URL`` and
+``SAMPLEFLEET_STATE_URL`` (default: the broker), ``SAMPLEFLEET_VISIBILITY_TIMEOUT``,
+``SAMPLEFLEET_SOFT_SHUTDOWN``, ``SAMPLEFLEET_MAX_ATTEMPTS``.
+
+Queues: ``generate.<model>`` (one per model, so a worker's loaded weights stay warm), ``score``,
+``aggregate``, ``control``. A worker started without ``-Q`` serves every queue; one started with
+``-Q generate`` serves generation for every model; ``-Q generate.<model>`` only that model. Workers
+that serve every model start consuming a new model's queue when the producer announces it.
+GPU workers: ``--pool solo`` (or threads) and one worker per GPU (``CUDA_VISIBLE_DEVICES``); the
+engine is loaded lazily in the worker process, never in a forked parent.
+"""
+from __future__ import annotations
+
+import logging
+
+from celery import Celery, signals
+from celery.worker.control import control_command
+from kombu import Queue
+
+from schemas.fleet import DEFAULT_QUEUES, QUEUE_GENERATE, Keys, celery_settings, state_url
+from workers.jobs import connect
+
+log = logging.getLogger(__name__)
+
+app = Celery("samplefleet")
+app.conf.update(celery_settings())
+app.conf.task_queues = [Queue(name) for name in DEFAULT_QUEUES]
+app.autodiscover_tasks(["workers"], related_name="tasks", force=True)
+
+
+def _follows_models(consumer) -> bool:
+    """A worker consuming the bare ``generate`` queue (or started without -Q) serves every model."""
+    return QUEUE_GENERATE in consumer.app.amqp.queues.consume_from
+
+
+@signals.worker_ready.connect
+def _follow_known_models(sender, **kwargs) -> None:
+    if _follows_models(sender):
+        for queue in connect(state_url()).smembers(Keys.queues):
+            sender.add_task_queue(queue.decode())
+
+
+@control_command(args=[("queue", str)], signature="<queue>")
+def samplefleet_follow(state, queue: str) -> dict:
+    """Sent by the producer for a new model queue; only workers that serve every model obey."""
+    if not _follows_models(state.consumer):
+        return {"ok": "pinned to other queues"}
+    state.consumer.call_soon(state.consumer.add_task_queue, queue)
+    return {"ok": f"following {queue}"}
