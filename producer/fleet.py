@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 import uuid
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import redis
 from celery import Celery
+from celery.exceptions import TimeoutError as CeleryTimeout
 
 from producer.datasets import PromptStream
 from producer.submit import cut_shards, part_size
@@ -60,8 +62,13 @@ class Fleet:
 
     # --- submit ----------------------------------------------------------------------------------------------
 
-    def submit(self, spec: JobSpec, *, open_timeout: float = 60.0) -> str:
-        """Check data and output, record the job, enqueue every shard not already done; the job id."""
+    def submit(self, spec: JobSpec, *, open_timeout: float | None = None) -> str:
+        """Check data and output, record the job, enqueue every shard not already done; the job id.
+
+        ``open_timeout`` (default $SAMPLEFLEET_OPEN_TIMEOUT or 60 s): how long a worker may take to check
+        the output location.
+        """
+        open_timeout = open_timeout or float(os.environ.get("SAMPLEFLEET_OPEN_TIMEOUT", 60))
         stream = PromptStream(spec)
         total = stream.count()
         if total == 0:
@@ -90,7 +97,7 @@ class Fleet:
         result = self.celery.send_task(TASK_OPEN, args=[spec.model_dump_json()], queue=QUEUE_CONTROL)
         try:
             return list(result.get(timeout=timeout, propagate=True))
-        except TimeoutError:
+        except CeleryTimeout:
             result.revoke()
             raise TransientError(f"no worker answered within {timeout:.0f}s: start one with "
                                  "`celery -A workers.app worker` against the same broker") from None
@@ -98,6 +105,9 @@ class Fleet:
             raise
         except Exception as exc:  # a worker-side error that is not ours: say what it was
             raise ConfigError(f"checking the output location failed: {type(exc).__name__}: {exc}") from None
+        finally:  # drop the result subscription now; left to __del__ it fails at interpreter exit
+            result.backend.remove_pending_result(result)
+            result.backend = None
 
     def _enqueue(self, job_id: str, spec: JobSpec, stream: PromptStream, total: int, skip: set[int]) -> int:
         queue, sent = model_queue(spec.model), 0

@@ -17,6 +17,23 @@ OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFL
 os.environ.update(OFFLINE)
 
 
+DIGIT_PLUGIN = '''
+from workers.scoring import ORM, orms
+
+
+class HasDigit(ORM):
+    """Passes a candidate that contains a digit: crude, but deterministic and non-trivial on this model."""
+
+    needs_ground_truth = False
+
+    def __call__(self, infer_requests, ground_truths, **kwargs):
+        return [float(any(ch.isdigit() for ch in r.messages[-1]["content"])) for r in infer_requests]
+
+
+orms["has_digit"] = HasDigit
+'''
+
+
 def write_jsonl(path: Path, rows: Iterable[dict]) -> Path:
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     return path

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import OFFLINE, ROOT, read_jsonl, run_producer, write_jsonl
+from conftest import DIGIT_PLUGIN, OFFLINE, ROOT, read_jsonl, run_producer, write_jsonl
 
 pytestmark = pytest.mark.model
 
@@ -161,21 +161,6 @@ def test_producer_import_stays_free_of_torch():
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 
 
-DIGIT_PLUGIN = '''
-from workers.scoring import ORM, orms
-
-
-class HasDigit(ORM):
-    """Passes a candidate that contains a digit: crude, but deterministic and non-trivial on this model."""
-
-    needs_ground_truth = False
-
-    def __call__(self, infer_requests, ground_truths, **kwargs):
-        return [float(any(ch.isdigit() for ch in r.messages[-1]["content"])) for r in infer_requests]
-
-
-orms["has_digit"] = HasDigit
-'''
 
 
 def test_two_stage_scoring_of_a_cache_file_equals_the_one_stage_run(tmp_path, arithmetic):

@@ -158,7 +158,7 @@ def test_cache_engine_matches_ours_by_id_and_swifts_by_turns(tmp_path):
     s = spec(sampler_engine="no", cache_files=[str(ours)])
     generated = GeneratedShard(job_id="j", index=0, generations=gens)
     rows, dropped = shard_rows(s, generated)
-    assert summarise(s, generated, len(rows), dropped, 0.0).short == {0: 2, 1: 1}
+    assert summarise(s, generated, len(rows), dropped).short == {0: 2, 1: 1}
 
 
 @pytest.mark.parametrize("line,message", [('{"messages": [', "line 2: not valid JSON"),

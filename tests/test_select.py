@@ -106,6 +106,6 @@ def test_shard_summary_reports_dropped_and_short():
         gen(("a", 1.0, None), ("b", 0.0, None), row=0), gen(("x", 0.0, None), row=1)])
     s = spec()
     rows, dropped = shard_rows(s, shard)
-    summary = summarise(s, shard, len(rows), dropped, 0.1)
+    summary = summarise(s, shard, len(rows), dropped)
     assert summary.rows == 1 and summary.dropped == {1: "no candidate passed the reward model(s)"}
     assert summary.short == {0: 2, 1: 1}

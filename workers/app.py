@@ -10,16 +10,20 @@ Queues: ``generate.<model>`` (one per model, so a worker's loaded weights stay w
 ``-Q generate`` serves generation for every model; ``-Q generate.<model>`` only that model. Workers
 that serve every model start consuming a new model's queue when the producer announces it.
 GPU workers: ``--pool solo`` (or threads) and one worker per GPU (``CUDA_VISIBLE_DEVICES``); the
-engine is loaded lazily in the worker process, never in a forked parent.
+engine is loaded lazily in the worker process, never in a forked parent. ``SAMPLEFLEET_PRELOAD_MODEL``
+(with ``SAMPLEFLEET_PRELOAD_ENGINE``, default transformers) loads it at start instead, so a worker for a
+model that cannot load exits at once with the reason rather than failing every shard it takes.
 """
 from __future__ import annotations
 
 import logging
+import os
 
 from celery import Celery, signals
 from celery.worker.control import control_command
 from kombu import Queue
 
+from schemas.errors import SampleFleetError
 from schemas.fleet import DEFAULT_QUEUES, QUEUE_GENERATE, Keys, celery_settings, state_url
 from workers.jobs import connect
 
@@ -50,3 +54,21 @@ def samplefleet_follow(state, queue: str) -> dict:
         return {"ok": "pinned to other queues"}
     state.consumer.call_soon(state.consumer.add_task_queue, queue)
     return {"ok": f"following {queue}"}
+
+
+@signals.worker_init.connect
+def _preload(sender, **kwargs) -> None:
+    model = os.environ.get("SAMPLEFLEET_PRELOAD_MODEL")
+    if not model:
+        return
+    if "prefork" in type(sender.pool_cls).__name__.lower() or "prefork" in str(sender.pool_cls).lower():
+        log.warning("SAMPLEFLEET_PRELOAD_MODEL is ignored with the prefork pool (it would load in the parent); "
+                    "use --pool solo or threads")
+        return
+    from workers.tasks import preload
+
+    try:
+        preload(model, os.environ.get("SAMPLEFLEET_PRELOAD_ENGINE", "transformers"))
+    except SampleFleetError as exc:
+        log.critical("worker cannot serve --model %s: %s", model, exc)
+        os._exit(3)

@@ -51,6 +51,11 @@ def scorer_for(spec: JobSpec) -> Scorer:
     return _warm("scorer", key, lambda: Scorer(spec))
 
 
+def preload(model: str, engine: str) -> None:
+    """Load a model's engine at worker start with default options (jobs with other options reload)."""
+    engine_for(JobSpec(model=model, sampler_engine=engine, datasets=[{"source": "-"}], output_file="-.jsonl"))
+
+
 class ShardTask(Task):
     """Failure policy of every shard task, declared once.
 

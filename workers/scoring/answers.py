@@ -13,6 +13,7 @@ from typing import Any
 _BOX = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _ANSWER_LINE = re.compile(r"^#\s*Answer\s*:?\s*$", re.MULTILINE | re.IGNORECASE)
 _ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+_GSM8K_LINE = re.compile(r"^####(.*)$", re.MULTILINE)
 _TEXT_WRAPPER = re.compile(r"\\(?:text|textbf|textrm|mathrm|mbox)\s*\{([^{}]*)\}")
 _SPACING = re.compile(r"\\(?:left|right)(?![a-zA-Z])|\\[!,;: ]|\$")
 _OWN_DELIMITERS = re.compile(r"(?<!\\)\$|\\\(|\\\[")
@@ -45,7 +46,8 @@ def _last_boxed(text: str) -> str | None:
 
 
 def extract_answer(text: str) -> str | None:
-    """A text's final answer: the last box, else what follows a ``# Answer`` line, else the last <answer> tag.
+    """A text's final answer: the last box, else what follows a ``# Answer`` line, else the last <answer> tag,
+    else the last GSM8K-style ``#### 42`` line.
 
     The last box decides even when it is broken (a truncated ``\\boxed{`` is no answer, not a cue to use an
     earlier box): the model's final word is what is graded. None when there is no non-empty answer.
@@ -56,6 +58,8 @@ def extract_answer(text: str) -> str | None:
         answer = text[lines[-1].end():]
     elif tags := _ANSWER_TAG.findall(text):
         answer = tags[-1]
+    elif lines := _GSM8K_LINE.findall(text):
+        answer = lines[-1]
     else:
         return None
     return (answer or "").strip() or None
