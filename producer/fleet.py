@@ -14,6 +14,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from functools import cached_property
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
@@ -37,6 +38,16 @@ def redact(url: str) -> str:
         return url
     netloc = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
     return urlunsplit(parts._replace(netloc=netloc))
+
+
+def for_workers(spec: JobSpec) -> JobSpec:
+    """Paths made absolute: workers do not share the producer's working directory."""
+    def absolute(path: str) -> str:
+        return path if "://" in path else str(Path(path).expanduser().resolve())
+
+    return spec.model_copy(update={"output_dir": absolute(spec.output_dir),
+                                   "external_plugins": [absolute(p) for p in spec.external_plugins],
+                                   "cache_files": [absolute(p) for p in spec.cache_files]})
 
 
 class Fleet:
@@ -69,6 +80,7 @@ class Fleet:
         the output location.
         """
         open_timeout = open_timeout or float(os.environ.get("SAMPLEFLEET_OPEN_TIMEOUT", 60))
+        spec = for_workers(spec)
         stream = PromptStream(spec)
         total = stream.count()
         if total == 0:

@@ -139,15 +139,15 @@ class Workers:
         return worker
 
     def wait_ready(self, worker: Worker, timeout: float = 120) -> None:
-        from workers.app import app
+        from producer.fleet import Fleet
 
+        control = Fleet(self.broker).celery.control
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if worker.proc.poll() is not None:
                 raise RuntimeError(f"worker {worker.name} exited: {worker.log.read_text()[-3000:]}")
-            with app.connection_for_write(self.broker) as conn:
-                if app.control.ping(destination=[worker.name], timeout=1.0, connection=conn):
-                    return
+            if control.ping(destination=[worker.name], timeout=1.0):
+                return
         raise RuntimeError(f"worker {worker.name} did not answer a ping: {worker.log.read_text()[-3000:]}")
 
     def stop_all(self) -> None:

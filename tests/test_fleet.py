@@ -106,7 +106,9 @@ def test_failing_shard_is_retried_then_failed_and_the_job_ends_partial(tmp_path,
     assert "failed 1" in proc.stdout and "scorer crashed on 21+1" in proc.stdout
     manifest = json.loads((tmp_path / "sample_output" / "p.manifest.json").read_text())
     assert manifest["status"] == "partial" and manifest["counts"]["shards_failed"] == 1
-    assert len(read_jsonl(tmp_path / "sample_output" / "p.jsonl")) == 4  # the 4 other prompts, 1 row each
+    rows = read_jsonl(tmp_path / "sample_output" / "p.jsonl")
+    assert manifest["counts"]["prompts"] == 4  # the other 4 prompts: one row each unless reported as dropped
+    assert len(rows) + manifest["counts"]["dropped_prompts"] == 4 and rows
     assert workers.started[0].log.read_text().count("Retry in") == 1  # 2 attempts: one retry, then failed
 
 
