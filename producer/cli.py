@@ -50,6 +50,10 @@ def _parser() -> argparse.ArgumentParser:
         _common(cmd, broker_help="Redis URL of the fleet (default $SAMPLEFLEET_BROKER_URL)")
     listing = sub.add_parser("list", help="the fleet's jobs, newest first")
     _common(listing, broker_help="Redis URL of the fleet (default $SAMPLEFLEET_BROKER_URL)")
+    metrics = sub.add_parser("metrics", help="serve queue depths and job progress for Prometheus on /metrics")
+    metrics.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    metrics.add_argument("--port", type=int, default=9808, help="port (default 9808)")
+    _common(metrics, broker_help="Redis URL of the fleet (default $SAMPLEFLEET_BROKER_URL)")
     return parser
 
 
@@ -112,6 +116,11 @@ def command(args: argparse.Namespace) -> int:
     if args.command == "list":
         for status in fleet.list():
             print(status.describe().splitlines()[0])
+        return 0
+    if args.command == "metrics":
+        from producer.metrics import serve
+
+        serve(fleet, args.host, args.port)
         return 0
     if args.command == "status":
         print(fleet.status(args.job).describe())

@@ -187,3 +187,28 @@ def test_worker_for_a_model_that_cannot_load_fails_at_start(tmp_path, redis_serv
     worker = workers.start("generate", wait=False, SAMPLEFLEET_PRELOAD_MODEL=str(tmp_path / "no-model"))
     assert worker.proc.wait(120) != 0
     assert "no such model folder" in worker.log.read_text()
+
+
+def test_metrics_show_queue_depth_and_job_progress(tmp_path, arithmetic, redis_server, workers):  # noqa: F811
+    import subprocess
+    import sys
+
+    workers.start("aggregate,control")  # no generator: the shards wait in their queue
+    proc = _submit(redis_server.url, tmp_path, str(arithmetic), *JOB, "--output_file", "m.jsonl", wait=False)
+    job_id = proc.stdout.split()[0]
+    port = free_port()
+    exporter = subprocess.Popen([sys.executable, "-m", "producer", "metrics", "--port", str(port)],
+                                env=fleet_env(redis_server.url), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline, text = time.monotonic() + 30, ""
+        while time.monotonic() < deadline and not text:
+            try:
+                text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+            except OSError:
+                time.sleep(0.3)
+        assert 'samplefleet_queue_depth{queue="generate.smollm2-135m-instruct"} 5' in text
+        assert f'samplefleet_job_shards{{job="{job_id}",stage="total"}} 5' in text
+        assert f'samplefleet_job_shards{{job="{job_id}",stage="generate"}} 0' in text
+    finally:
+        exporter.terminate()
+        exporter.wait(10)
