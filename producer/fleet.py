@@ -125,7 +125,8 @@ class Fleet:
         queue, sent = model_queue(spec.model), 0
         for shard in cut_shards(stream.iterate(total), job_id, spec.shard_size):
             if shard.index not in skip:
-                self.celery.send_task(TASK_GENERATE, args=[job_id, shard.index, shard.model_dump_json()], queue=queue)
+                self.celery.send_task(TASK_GENERATE, args=[job_id, shard.index, shard.model_dump_json()], queue=queue,
+                                      argsrepr=f"({job_id!r}, {shard.index}, <{len(shard.prompts)} prompts>)")
                 sent += 1
         return sent
 
