@@ -10,6 +10,7 @@ import redis
 
 from conftest import DIGIT_PLUGIN, read_jsonl, run_producer
 from fleetkit import RedisServer, fleet_env, free_port, redis_server, run_cli, workers  # noqa: F401
+from s3server import s3_server  # noqa: F401
 
 pytestmark = pytest.mark.model
 
@@ -212,3 +213,21 @@ def test_metrics_show_queue_depth_and_job_progress(tmp_path, arithmetic, redis_s
     finally:
         exporter.terminate()
         exporter.wait(10)
+
+
+def test_fleet_output_to_s3_lands_in_the_bucket_with_its_manifest(tmp_path, arithmetic, redis_server,  # noqa: F811
+                                                                   workers, s3_server):  # noqa: F811
+    bucket = s3_server.bucket()
+    workers.start(**s3_server.env())
+    proc = _submit(redis_server.url, tmp_path, str(arithmetic), *JOB, "--output_dir", f"s3://{bucket}/runs/a",
+                   "--output_file", "s3.jsonl", **s3_server.env())
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    client = s3_server.client()
+    keys = sorted(o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix="runs/a/").get("Contents", []))
+    assert keys == ["runs/a/s3.jsonl", "runs/a/s3.manifest.json"]  # parts removed
+    body = client.get_object(Bucket=bucket, Key="runs/a/s3.jsonl")["Body"].read().decode()
+    assert len(body.splitlines()) == 10
+    missing = _submit(redis_server.url, tmp_path, str(arithmetic), *JOB, "--output_dir", "s3://no-such-bucket/x",
+                      "--output_file", "s3.jsonl", **s3_server.env())
+    assert missing.returncode != 0 and "no-such-bucket" in missing.stderr
+    assert s3_server.secret_key not in missing.stderr
