@@ -9,8 +9,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from schemas import DatasetSpec, JobSpec
+from schemas import Candidate, DatasetSpec, GeneratedShard, Generation, JobSpec, Message, Prompt
 from schemas.errors import ConfigError
+from workers.score import Scorer
 from workers.scoring import InferRequest, orms
 from workers.scoring.answers import extract_answer, normalize, reference_answer
 from workers.scoring.orms import AccuracyORM, FormatORM, LengthORM, MathORM, RepetitionORM
@@ -20,7 +21,8 @@ POWER_TOWER = r"\boxed{9^{9^{9^{9^{9}}}}}"  # math-verify compares it with 1 for
 
 
 def req(candidate: str) -> InferRequest:
-    return InferRequest(messages=[{"role": "user", "content": "Solve it."}, {"role": "assistant", "content": candidate}])
+    return InferRequest(messages=[{"role": "user", "content": "Solve it."},
+                                  {"role": "assistant", "content": candidate}])
 
 
 def spec(orm: str, **orm_kwargs) -> JobSpec:
@@ -146,6 +148,21 @@ def test_math_overrun_scores_zero_and_the_rest_go_on(caplog: pytest.LogCaptureFi
         assert orm([req(r"\boxed{0.25}")], [r"\frac14"]) == [1.0]  # the replaced checker works
     finally:
         orm.close()
+
+
+def test_math_through_the_score_stage() -> None:
+    """Registered name + job spec + the real score stage: each distinct candidate scored, in place."""
+    prompt = Prompt(id="p", row=0, source="t", messages=[Message(role="user", content="Half of 1?")],
+                    ground_truth=r"The answer is $\boxed{\frac{1}{2}}$.")
+    texts = [r"So \boxed{0.5}.", r"\boxed{2}", r"So \boxed{0.5}.", "# Answer\n\n1/2"]
+    generated = GeneratedShard(job_id="j", index=0, generations=[Generation(
+        prompt=prompt, candidates=[Candidate(text=t, tokens=1, finish_reason="stop") for t in texts])])
+    scorer = Scorer(spec("math"))
+    try:
+        scored = scorer.score(generated)
+    finally:
+        scorer.close()
+    assert [c.scores.orm for c in scored.generations[0].candidates] == [1.0, 0.0, 1.0, 1.0]
 
 
 def test_math_check_whose_process_dies_scores_zero_and_the_rest_go_on(caplog: pytest.LogCaptureFixture) -> None:

@@ -73,7 +73,8 @@ def reference_answer(text: str | None) -> str | None:
 
 
 def normalize(answer: str) -> str:
-    """Drop what does not change an answer's meaning: spacing, ``$``, ``\\left``/``\\right``, text wrappers, a final dot."""
+    """Drop what does not change an answer's meaning: spacing, ``$``, ``\\left``/``\\right``, text wrappers,
+    ``\\dfrac``, a final dot."""
     answer = _TEXT_WRAPPER.sub(r"\1", answer)
     answer = _SPACING.sub("", answer).replace(r"\dfrac", r"\frac").replace(r"\tfrac", r"\frac")
     return "".join(answer.split()).rstrip(".")

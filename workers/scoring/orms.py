@@ -221,8 +221,8 @@ class MathORM(ORM):
 
     def __init__(self, timeout: float = 5.0, workers: int | None = None) -> None:
         if importlib.util.find_spec("math_verify") is None:
-            raise ConfigError("--orm_model math needs the math-verify package: "
-                              "pip install 'math-verify[antlr4_13_2]'")
+            raise ConfigError("--orm_model math needs the math-verify package: pip install 'math-verify>=0.9' "
+                              "(or the project's scoring extra)")
         self.timeout = timeout
         self.workers = workers or min(2, os.cpu_count() or 1)
         self._pool: _CheckerPool | None = None
