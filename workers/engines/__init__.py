@@ -5,6 +5,7 @@ from workers.registry import Registry
 ENGINES: Registry[Engine] = Registry(
     "engine", "--sampler_engine",
     {"transformers": "workers.engines.hf:TransformersEngine.from_spec",
+     "vllm": "workers.engines.vllm:VLLMEngine.from_spec",
      "no": "workers.engines.cache:CacheEngine.from_spec"},
     aliases={"pt": "transformers"},
 )

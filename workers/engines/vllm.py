@@ -1,0 +1,105 @@
+"""The `vllm` engine: one offline ``LLM`` per worker process, fed whole shards.
+
+One request per prompt with ``SamplingParams(n=N)`` (never N copies of the prompt), the chat template
+applied by vLLM once per prompt, so its continuous batching keeps the batch full across a shard.
+``--engine_kwargs`` go to ``LLM(...)`` (tensor_parallel_size, gpu_memory_utilization, max_model_len,
+enforce_eager, ...). vLLM's CPU build crashes on a per-request seed, so there the seed is given to
+``LLM`` once, and a run is reproducible for the same shards in the same order; on GPU each shard gets
+its own seed, like the transformers engine.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from schemas import Candidate, Generation, JobSpec, Prompt, SamplingParams
+from schemas.errors import ConfigError, ModelLoadError
+from workers.engines.base import Engine
+from workers.models import resolve_model
+
+log = logging.getLogger(__name__)
+
+
+def sampling_kwargs(params: SamplingParams, seed: int | None) -> dict[str, Any]:
+    """Our sampling record as ``vllm.SamplingParams`` keyword arguments (pure, so it is tested without vLLM)."""
+    kwargs: dict[str, Any] = {"n": params.num_return_sequences, "max_tokens": params.max_new_tokens,
+                              "temperature": params.temperature, "top_p": params.top_p,
+                              "top_k": params.top_k if params.top_k > 0 else 0,
+                              "repetition_penalty": params.repetition_penalty}
+    if params.stop_words:
+        kwargs["stop"] = list(params.stop_words)
+    if seed is not None:
+        kwargs["seed"] = seed
+    return kwargs
+
+
+def llm_kwargs(spec: JobSpec) -> dict[str, Any]:
+    """``LLM(...)`` arguments: our dtype and seed, then the user's --engine_kwargs on top."""
+    kwargs: dict[str, Any] = {"seed": spec.sampling.seed}
+    if spec.torch_dtype != "auto":
+        kwargs["dtype"] = spec.torch_dtype
+    return {**kwargs, **spec.engine_kwargs}
+
+
+class VLLMEngine(Engine):
+    name = "vllm"
+
+    def __init__(self, model: str, kwargs: dict[str, Any]) -> None:
+        try:
+            from vllm import LLM
+            from vllm.platforms import current_platform
+        except ImportError as exc:
+            raise ModelLoadError(f"--sampler_engine vllm: vLLM is not installed here ({exc}); "
+                                 "see `make vllm-venv`") from exc
+        self.model_name = model
+        try:
+            self.llm = LLM(model=resolve_model(model), **kwargs)
+        except TypeError as exc:
+            raise ConfigError(f"--engine_kwargs {kwargs}: rejected by vLLM: {exc}") from exc
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise ModelLoadError(f"--model {model!r}: vLLM cannot load it: {type(exc).__name__}: {exc}") from exc
+        self.per_request_seed = not current_platform.is_cpu()
+        self.tokenizer = self.llm.get_tokenizer()
+        self.context = int(self.llm.llm_engine.model_config.max_model_len)
+
+    @classmethod
+    def from_spec(cls, spec: JobSpec) -> "VLLMEngine":
+        return cls(spec.model, llm_kwargs(spec))
+
+    def describe(self) -> dict[str, str]:
+        import vllm
+
+        return {"engine": self.name, "model": self.model_name, "vllm": vllm.__version__}
+
+    def close(self) -> None:
+        """Stop vLLM's engine-core processes now rather than at interpreter exit."""
+        core = getattr(self.llm.llm_engine, "engine_core", None)
+        if core is not None:
+            core.shutdown()
+
+    def _length(self, prompt: Prompt) -> int:
+        ids = self.tokenizer.apply_chat_template([m.model_dump() for m in prompt.messages], add_generation_prompt=True,
+                                                 tokenize=True)
+        return len(ids["input_ids"] if hasattr(ids, "keys") else ids)
+
+    def generate(self, prompts: Sequence[Prompt], params: SamplingParams, seed: int) -> list[Generation]:
+        from vllm import SamplingParams as VLLMSamplingParams
+
+        lengths = [self._length(p) for p in prompts]
+        todo = [i for i, n in enumerate(lengths) if n < self.context]
+        sampling = VLLMSamplingParams(**sampling_kwargs(params, seed if self.per_request_seed else None))
+        outputs = self.llm.chat([[m.model_dump() for m in prompts[i].messages] for i in todo], sampling,
+                                use_tqdm=False) if todo else []
+        by_prompt = dict(zip(todo, outputs))
+        out = []
+        for i, prompt in enumerate(prompts):
+            if i not in by_prompt:
+                out.append(Generation(prompt=prompt, skipped=f"prompt has {lengths[i]} tokens; the model's "
+                                                             f"context is {self.context}"))
+                continue
+            out.append(Generation(prompt=prompt, candidates=[
+                Candidate(text=c.text, tokens=len(c.token_ids),
+                          finish_reason="length" if c.finish_reason == "length" else "stop")
+                for c in by_prompt[i].outputs]))
+        return out
