@@ -7,7 +7,6 @@ parquet, hub ids) streams through the ``datasets`` library.
 """
 from __future__ import annotations
 
-import json
 import logging
 import random
 from collections.abc import Iterator
@@ -17,24 +16,13 @@ from typing import Any
 from producer.rows import normalise
 from schemas import DatasetSpec, JobSpec, Prompt
 from schemas.errors import DataError
+from schemas.jsonl import read_jsonl
 
 log = logging.getLogger(__name__)
 
 Raw = tuple[str, Any]  # (where, row or the DataError it raised)
 _JSONL = (".jsonl", ".ndjson")
 _BUILDERS = {".json": "json", ".csv": "csv", ".tsv": "csv", ".parquet": "parquet", ".txt": "text"}
-
-
-def _read_jsonl(path: Path) -> Iterator[Raw]:
-    with path.open(encoding="utf-8") as fh:
-        for number, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            where = f"{path} line {number}"
-            try:
-                yield where, json.loads(line)
-            except json.JSONDecodeError as exc:
-                yield where, DataError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})")
 
 
 def _read_with_datasets(ds: DatasetSpec) -> Iterator[Raw]:
@@ -70,7 +58,7 @@ def read_rows(ds: DatasetSpec) -> Iterator[Raw]:
     if path.suffix.lower() in _JSONL:
         if not path.is_file():
             raise DataError(f"dataset {ds}: no such file {path}")
-        return _read_jsonl(path)
+        return read_jsonl(path)
     return _read_with_datasets(ds)
 
 

@@ -8,7 +8,6 @@ non-system turns (swift computes its ids differently, so its files match that wa
 """
 from __future__ import annotations
 
-import json
 import logging
 from collections import defaultdict
 from collections.abc import Sequence
@@ -16,6 +15,7 @@ from pathlib import Path
 
 from schemas import Candidate, Generation, JobSpec, Prompt, SamplingParams
 from schemas.errors import DataError
+from schemas.jsonl import read_jsonl
 from workers.engines.base import Engine
 
 log = logging.getLogger(__name__)
@@ -45,26 +45,20 @@ class CacheEngine(Engine):
     def _load(self, path: Path) -> None:
         if not path.is_file():
             raise DataError(f"--cache_files {path}: no such file")
-        with path.open(encoding="utf-8") as fh:
-            for number, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                where = f"--cache_files {path} line {number}"
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise DataError(f"{where}: not valid JSON ({exc.msg})") from None
-                messages = row.get("messages") if isinstance(row, dict) else None
-                if not (isinstance(messages, list) and messages and isinstance(messages[-1], dict)
-                        and messages[-1].get("role") == "assistant" and isinstance(messages[-1].get("content"), str)):
-                    raise DataError(f"{where}: no candidate; expected messages ending with an assistant turn")
-                if not all(isinstance(m, dict) and isinstance(m.get("content"), str) and "role" in m
-                           for m in messages):
-                    raise DataError(f"{where}: every message needs a role and string content")
-                text = messages[-1]["content"]
-                if isinstance(row.get("id"), str):
-                    self.by_id[row["id"]].append(text)
-                self.by_turns[_turns_key(messages[:-1])].append(text)
+        for where, row in read_jsonl(path, "--cache_files "):
+            if isinstance(row, DataError):
+                raise row
+            messages = row.get("messages") if isinstance(row, dict) else None
+            if not (isinstance(messages, list) and messages and isinstance(messages[-1], dict)
+                    and messages[-1].get("role") == "assistant" and isinstance(messages[-1].get("content"), str)):
+                raise DataError(f"{where}: no candidate; expected messages ending with an assistant turn")
+            if not all(isinstance(m, dict) and isinstance(m.get("content"), str) and "role" in m
+                       for m in messages):
+                raise DataError(f"{where}: every message needs a role and string content")
+            text = messages[-1]["content"]
+            if isinstance(row.get("id"), str):
+                self.by_id[row["id"]].append(text)
+            self.by_turns[_turns_key(messages[:-1])].append(text)
         log.info("cache %s: %d prompts by id, %d by turns", path, len(self.by_id), len(self.by_turns))
 
     def generate(self, prompts: Sequence[Prompt], params: SamplingParams, seed: int) -> list[Generation]:
