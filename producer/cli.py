@@ -16,7 +16,6 @@ log = logging.getLogger("producer")
 SWIFT_ONLY = {
     "--model_type": "samplefleet reads the architecture from the model folder; drop it",
     "--template": "samplefleet always uses the model's own chat template; drop it",
-    "--sampler_type": "only plain sampling exists so far; drop it",
 }
 
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -53,8 +53,13 @@ class JobSpec(BaseModel):
 
     version: int = SCHEMA_VERSION
     model: str = Field(description="Local HF folder, hub id, or the built-in alias 'smollm2-135m-instruct'.")
-    sampler_engine: str = Field("transformers", description="Generation engine: transformers (alias pt), or "
-                                "no (score --cache_files, generate nothing).")
+    sampler_engine: str = Field("transformers", description="Generation engine: transformers (alias pt), vllm, "
+                                "lmdeploy, client (an OpenAI-compatible endpoint at --base_url), or no (score "
+                                "--cache_files, generate nothing).")
+    sampler_type: Literal["sample", "distill"] = Field("sample", description="distill: with the client engine, "
+                                                       "keep the teacher's reasoning as <think>...</think>.")
+    base_url: str | None = Field(None, description="With --sampler_engine client: the endpoint, e.g. "
+                                 "http://host:8000/v1 (API key from $OPENAI_API_KEY).")
     datasets: list[DatasetSpec] = Field(min_length=1, description="Datasets, each path_or_id[:subset][#N].")
     dataset_shuffle: bool = Field(True, description="Shuffle prompt order (seeded by --data_seed).")
     shuffle_buffer: int = Field(10_000, ge=1, description="Rows held by the streaming shuffle; memory stays "
@@ -129,6 +134,10 @@ class JobSpec(BaseModel):
     def _n_best(self) -> "JobSpec":
         if self.sampler_engine == "no" and not self.cache_files:
             raise ValueError("--sampler_engine no scores earlier candidates: give them with --cache_files")
+        if self.sampler_engine == "client" and not self.base_url:
+            raise ValueError("--sampler_engine client needs --base_url (e.g. http://host:8000/v1)")
+        if self.sampler_type == "distill" and self.sampler_engine != "client":
+            raise ValueError("--sampler_type distill works with --sampler_engine client")
         if self.cache_files and self.sampler_engine != "no":
             raise ValueError("--cache_files is read only with --sampler_engine no")
         if self.n_best_to_keep is not None and self.n_best_to_keep > self.sampling.num_return_sequences:

@@ -6,6 +6,8 @@ ENGINES: Registry[Engine] = Registry(
     "engine", "--sampler_engine",
     {"transformers": "workers.engines.hf:TransformersEngine.from_spec",
      "vllm": "workers.engines.vllm:VLLMEngine.from_spec",
+     "lmdeploy": "workers.engines.lmdeploy:LMDeployEngine.from_spec",
+     "client": "workers.engines.client:ClientEngine.from_spec",
      "no": "workers.engines.cache:CacheEngine.from_spec"},
     aliases={"pt": "transformers"},
 )

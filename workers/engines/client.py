@@ -1,0 +1,131 @@
+"""The `client` engine: any OpenAI-compatible chat endpoint (vllm serve, SGLang, lmdeploy api_server,
+llama.cpp server, TGI, hosted APIs) over async HTTP with bounded concurrency.
+
+One request per prompt with ``n=N``; some servers answer n>1 with a single choice and no error, so
+the engine notices short answers and asks for the rest with separate seeded requests (and stops
+asking for n>1 from then on). 429, 5xx and timeouts are retried with exponential backoff; other
+errors fail the shard with the status and an excerpt of the body. The API key comes from the
+environment (``--engine_kwargs '{"api_key_env": "NAME"}'``, default OPENAI_API_KEY), never the spec.
+
+With ``--sampler_type distill`` the teacher's reasoning, when the endpoint returns it separately
+(``reasoning_content`` / ``reasoning``), is written before the answer as ``<think>...</think>``.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+from collections.abc import Sequence
+from typing import Any
+
+from schemas import Candidate, Generation, JobSpec, Prompt, SamplingParams
+from schemas.errors import ConfigError, PermanentError, TransientError
+from workers.engines.base import Engine
+
+log = logging.getLogger(__name__)
+OPTIONS = {"api_key_env", "concurrency", "timeout", "max_retries"}
+
+
+def request_body(model: str, messages: list[dict[str, str]], params: SamplingParams, n: int,
+                 seed: int | None) -> dict[str, Any]:
+    """The chat-completions request for one prompt (pure, so it is tested without a server)."""
+    body: dict[str, Any] = {"model": model, "messages": messages, "n": n, "max_tokens": params.max_new_tokens,
+                            "temperature": params.temperature, "top_p": params.top_p}
+    if params.top_k > 0:
+        body["top_k"] = params.top_k  # an extension most open servers accept
+    if params.repetition_penalty != 1.0:
+        body["repetition_penalty"] = params.repetition_penalty
+    if params.stop_words:
+        body["stop"] = list(params.stop_words)
+    if seed is not None:
+        body["seed"] = seed
+    return body
+
+
+def candidate(choice: dict[str, Any], tokens: int, distill: bool) -> Candidate:
+    """One choice as a Candidate; in distill mode, separately returned reasoning goes first in <think>."""
+    message = choice.get("message") or {}
+    text = message.get("content") or ""
+    reasoning = message.get("reasoning_content") or message.get("reasoning")
+    if distill and reasoning and "<think>" not in text:
+        text = f"<think>\n{reasoning}\n</think>\n\n{text}"
+    return Candidate(text=text, tokens=tokens, finish_reason="length" if choice.get("finish_reason") == "length"
+                     else "stop")
+
+
+class ClientEngine(Engine):
+    name = "client"
+
+    def __init__(self, model: str, base_url: str, *, distill: bool = False, options: dict[str, Any] | None = None) -> None:
+        options = dict(options or {})
+        unknown = set(options) - OPTIONS
+        if unknown:
+            raise ConfigError(f"--engine_kwargs {sorted(unknown)}: unknown for the client engine; "
+                              f"known: {', '.join(sorted(OPTIONS))}")
+        self.model, self.url = model, base_url.rstrip("/") + "/chat/completions"
+        self.distill = distill
+        self.concurrency = int(options.get("concurrency", 16))
+        self.timeout = float(options.get("timeout", 600))
+        self.max_retries = int(options.get("max_retries", 5))
+        key = os.environ.get(options.get("api_key_env", "OPENAI_API_KEY"))
+        self.headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self.honours_n = True
+
+    @classmethod
+    def from_spec(cls, spec: JobSpec) -> "ClientEngine":
+        return cls(spec.model, spec.base_url or "", distill=spec.sampler_type == "distill",
+                   options=spec.engine_kwargs)
+
+    def describe(self) -> dict[str, str]:
+        return {"engine": self.name, "model": self.model, "endpoint": self.url}
+
+    def generate(self, prompts: Sequence[Prompt], params: SamplingParams, seed: int) -> list[Generation]:
+        return asyncio.run(self._generate(prompts, params, seed))
+
+    async def _generate(self, prompts: Sequence[Prompt], params: SamplingParams, seed: int) -> list[Generation]:
+        import httpx
+
+        limit = asyncio.Semaphore(self.concurrency)
+        async with httpx.AsyncClient(timeout=self.timeout, headers=self.headers) as http:
+            async def one(i: int, prompt: Prompt) -> Generation:
+                async with limit:
+                    cands = await self._sample(http, prompt, params, seed + i * 1009)
+                return Generation(prompt=prompt, candidates=cands)
+
+            return list(await asyncio.gather(*(one(i, p) for i, p in enumerate(prompts))))
+
+    async def _sample(self, http, prompt: Prompt, params: SamplingParams, seed: int) -> list[Candidate]:
+        messages = [m.model_dump() for m in prompt.messages]
+        want, out = params.num_return_sequences, []
+        while len(out) < want:
+            n = want - len(out) if self.honours_n else 1
+            reply = await self._post(http, request_body(self.model, messages, params, n, seed + len(out)), prompt)
+            choices = reply.get("choices") or []
+            if not choices:
+                raise PermanentError(f"{prompt.source}: the endpoint returned no choices: {str(reply)[:300]}")
+            if n > 1 and len(choices) < n:
+                log.warning("%s answered n=%d with %d choices: asking one at a time from now on", self.url, n,
+                            len(choices))
+                self.honours_n = False
+            tokens = int((reply.get("usage") or {}).get("completion_tokens", 0)) // max(len(choices), 1)
+            out += [candidate(c, tokens, self.distill) for c in choices[: want - len(out)]]
+        return out
+
+    async def _post(self, http, body: dict[str, Any], prompt: Prompt) -> dict[str, Any]:
+        import httpx
+
+        for attempt in range(self.max_retries + 1):
+            try:
+                response = await http.post(self.url, json=body)
+            except (httpx.TimeoutException, httpx.TransportError) as exc:
+                problem = f"{type(exc).__name__}: {exc}"
+            else:
+                if response.status_code == 200:
+                    return response.json()
+                problem = f"HTTP {response.status_code}: {response.text[:300]}"
+                if response.status_code != 429 and response.status_code < 500:
+                    raise PermanentError(f"{prompt.source}: {self.url} refused the request: {problem}")
+            if attempt < self.max_retries:
+                await asyncio.sleep(min(60.0, 0.5 * 2 ** attempt) * (0.5 + random.random()))
+        raise TransientError(f"{prompt.source}: {self.url} failed {self.max_retries + 1} times; last: {problem}")

@@ -1,0 +1,80 @@
+"""The `lmdeploy` engine: LMDeploy's ``pipeline``, TurboMind or PyTorch backend.
+
+LMDeploy's ``GenerationConfig(n=...)`` supports only n=1, so each prompt is sent N times, each copy
+with its own ``random_seed`` (the per-request equivalent); the pipeline batches them itself.
+``--engine_kwargs`` go to the backend config; ``{"backend": "pytorch"}`` picks PyTorch (default
+TurboMind). Not run here: LMDeploy needs CUDA and an older torch than this project's CPU machines
+have. The request mapping below is a pure function and is tested; the engine is written against
+LMDeploy's documented API (``lmdeploy.pipeline``, ``GenerationConfig``, ``TurbomindEngineConfig``,
+``PytorchEngineConfig``; a response has ``text``, ``generate_token_len`` and ``finish_reason``).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from schemas import Candidate, Generation, JobSpec, Prompt, SamplingParams
+from schemas.errors import ConfigError, ModelLoadError
+from workers.engines.base import Engine
+from workers.models import resolve_model
+
+
+def generation_configs(params: SamplingParams, seed: int) -> list[dict[str, Any]]:
+    """``GenerationConfig`` keyword arguments for the N copies of one prompt (copy k gets seed + k)."""
+    sampled = params.temperature > 0
+    base = {"n": 1, "max_new_tokens": params.max_new_tokens, "do_sample": sampled,
+            "temperature": params.temperature if sampled else 1.0, "top_p": params.top_p,
+            "top_k": params.top_k if sampled else 1, "repetition_penalty": params.repetition_penalty,
+            "stop_words": list(params.stop_words) or None}
+    return [{**base, "random_seed": seed + k} for k in range(params.num_return_sequences)]
+
+
+def backend_config(spec: JobSpec) -> tuple[str, dict[str, Any]]:
+    """(backend name, its config kwargs) from --engine_kwargs and --torch_dtype."""
+    kwargs = dict(spec.engine_kwargs)
+    backend = kwargs.pop("backend", "turbomind")
+    if backend not in ("turbomind", "pytorch"):
+        raise ConfigError(f"--engine_kwargs backend {backend!r}: use turbomind or pytorch")
+    if spec.torch_dtype in ("float16", "bfloat16"):
+        kwargs.setdefault("dtype", spec.torch_dtype)
+    return backend, kwargs
+
+
+class LMDeployEngine(Engine):
+    name = "lmdeploy"
+
+    def __init__(self, model: str, backend: str, kwargs: dict[str, Any]) -> None:
+        try:
+            import lmdeploy
+        except ImportError as exc:
+            raise ModelLoadError(f"--sampler_engine lmdeploy: LMDeploy is not installed here ({exc})") from exc
+        config_cls = lmdeploy.PytorchEngineConfig if backend == "pytorch" else lmdeploy.TurbomindEngineConfig
+        try:
+            config = config_cls(**kwargs)
+        except TypeError as exc:
+            raise ConfigError(f"--engine_kwargs {kwargs}: rejected by LMDeploy's {config_cls.__name__}: {exc}") from exc
+        try:
+            self.pipe = lmdeploy.pipeline(resolve_model(model), backend_config=config)
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise ModelLoadError(f"--model {model!r}: LMDeploy cannot load it: {type(exc).__name__}: {exc}") from exc
+        self.model_name, self.version = model, lmdeploy.__version__
+
+    @classmethod
+    def from_spec(cls, spec: JobSpec) -> "LMDeployEngine":
+        backend, kwargs = backend_config(spec)
+        return cls(spec.model, backend, kwargs)
+
+    def describe(self) -> dict[str, str]:
+        return {"engine": self.name, "model": self.model_name, "lmdeploy": self.version}
+
+    def generate(self, prompts: Sequence[Prompt], params: SamplingParams, seed: int) -> list[Generation]:
+        from lmdeploy import GenerationConfig
+
+        configs = generation_configs(params, seed)
+        requests = [[m.model_dump() for m in p.messages] for p in prompts for _ in configs]
+        responses = self.pipe(requests, gen_config=[GenerationConfig(**c) for _ in prompts for c in configs])
+        n = len(configs)
+        return [Generation(prompt=p, candidates=[
+            Candidate(text=r.text, tokens=r.generate_token_len,
+                      finish_reason="length" if r.finish_reason == "length" else "stop")
+            for r in responses[i * n:(i + 1) * n]]) for i, p in enumerate(prompts)]
