@@ -1,4 +1,4 @@
-"""Throughput of the math ORM (workers.scoring.orms.MathORM) on typical candidates; prints JSON lines.
+"""Throughput of the math ORM (workers.scoring.orm_kinds.MathORM) on typical candidates; prints JSON lines.
 
 Usage: .venv/bin/python bench/orm_throughput.py [--candidates 2000] [--per_prompt 16] [--rounds 3]
 
@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from workers.scoring.answers import extract_answer, normalize, reference_answer  # noqa: E402
 from workers.scoring.base import InferRequest  # noqa: E402
-from workers.scoring.orms import MathORM  # noqa: E402
+from workers.scoring.orm_kinds import MathORM  # noqa: E402
 
 FILLER = ("We rewrite the expression and collect like terms. ", "Checking the arithmetic once more gives the same. ",
           "Substituting back confirms the value. ", "Both sides simplify, so we can divide by the common factor. ")

@@ -29,14 +29,10 @@ from pathlib import Path
 
 import pytest
 
+from fleetkit import free_port
+
 ACCESS_KEY = "SFTESTACCESSKEY"
 SECRET_KEY = "sf-test-secret-" + uuid.uuid4().hex   # unique, so a leak into a message is unmistakable
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _bindable(port: int) -> bool:

@@ -9,8 +9,7 @@ import pytest
 import redis
 
 from conftest import DIGIT_PLUGIN, read_jsonl, run_producer
-from fleetkit import RedisServer, fleet_env, free_port, redis_server, run_cli, workers  # noqa: F401
-from s3server import s3_server  # noqa: F401
+from fleetkit import RedisServer, fleet_env, free_port, run_cli
 
 pytestmark = pytest.mark.model
 
@@ -25,7 +24,7 @@ def _submit(broker: str, tmp_path, *args: str, wait: bool = True, **env: str):
     return proc
 
 
-def test_fleet_job_gives_the_rows_of_the_local_run(tmp_path, arithmetic, redis_server, workers):  # noqa: F811
+def test_fleet_job_gives_the_rows_of_the_local_run(tmp_path, arithmetic, redis_server, workers):
     """2 generators, 1 scorer, 1 aggregator: the same file, byte for byte, as the in-process run."""
     (tmp_path / "digit.py").write_text(DIGIT_PLUGIN)
     for queues in ("generate", "generate", "score", "aggregate,control"):
@@ -51,7 +50,7 @@ def test_fleet_job_gives_the_rows_of_the_local_run(tmp_path, arithmetic, redis_s
     assert all("samplefleet.generate" in log for log in logs[:2]), "both generators should have taken shards"
 
 
-def test_duplicate_deliveries_do_not_double_rows(tmp_path, arithmetic, redis_server, workers):  # noqa: F811
+def test_duplicate_deliveries_do_not_double_rows(tmp_path, arithmetic, redis_server, workers):
     """Every shard is sent twice (as a redelivery would): the output still has each row once."""
     from producer.fleet import Fleet
     from schemas import JobSpec
@@ -97,8 +96,8 @@ orms["flaky"] = FailsOnTwentyOne
 '''
 
 
-def test_failing_shard_is_retried_then_failed_and_the_job_ends_partial(tmp_path, arithmetic, redis_server,  # noqa: F811
-                                                                      workers):  # noqa: F811
+def test_failing_shard_is_retried_then_failed_and_the_job_ends_partial(tmp_path, arithmetic, redis_server,
+                                                                      workers):
     (tmp_path / "flaky.py").write_text(FLAKY_PLUGIN)
     workers.start(SAMPLEFLEET_MAX_ATTEMPTS="2")
     proc = _submit(redis_server.url, tmp_path, str(arithmetic), *JOB, "--orm_model", "flaky", "--external_plugins",
@@ -113,7 +112,7 @@ def test_failing_shard_is_retried_then_failed_and_the_job_ends_partial(tmp_path,
     assert workers.started[0].log.read_text().count("Retry in") == 1  # 2 attempts: one retry, then failed
 
 
-def test_resume_re_enqueues_lost_shards_and_cancel_stops_a_job(tmp_path, arithmetic, redis_server, workers):  # noqa: F811
+def test_resume_re_enqueues_lost_shards_and_cancel_stops_a_job(tmp_path, arithmetic, redis_server, workers):
     control = workers.start("aggregate,control")
     proc = _submit(redis_server.url, tmp_path, str(arithmetic), *JOB, "--output_file", "r.jsonl", wait=False)
     assert proc.returncode == 0, proc.stderr
@@ -136,7 +135,7 @@ def test_resume_re_enqueues_lost_shards_and_cancel_stops_a_job(tmp_path, arithme
     assert control.proc.poll() is None
 
 
-def test_flower_lists_workers_and_tasks(tmp_path, arithmetic, redis_server, workers):  # noqa: F811
+def test_flower_lists_workers_and_tasks(tmp_path, arithmetic, redis_server, workers):
     import subprocess
     import sys
 
@@ -184,13 +183,13 @@ def test_bad_fleet_input_fails_clearly(tmp_path, arithmetic):
         server.stop()
 
 
-def test_worker_for_a_model_that_cannot_load_fails_at_start(tmp_path, redis_server, workers):  # noqa: F811
+def test_worker_for_a_model_that_cannot_load_fails_at_start(tmp_path, redis_server, workers):
     worker = workers.start("generate", wait=False, SAMPLEFLEET_PRELOAD_MODEL=str(tmp_path / "no-model"))
     assert worker.proc.wait(120) != 0
     assert "no such model folder" in worker.log.read_text()
 
 
-def test_metrics_show_queue_depth_and_job_progress(tmp_path, arithmetic, redis_server, workers):  # noqa: F811
+def test_metrics_show_queue_depth_and_job_progress(tmp_path, arithmetic, redis_server, workers):
     import subprocess
     import sys
 
@@ -215,8 +214,8 @@ def test_metrics_show_queue_depth_and_job_progress(tmp_path, arithmetic, redis_s
         exporter.wait(10)
 
 
-def test_fleet_output_to_s3_lands_in_the_bucket_with_its_manifest(tmp_path, arithmetic, redis_server,  # noqa: F811
-                                                                   workers, s3_server):  # noqa: F811
+def test_fleet_output_to_s3_lands_in_the_bucket_with_its_manifest(tmp_path, arithmetic, redis_server,
+                                                                   workers, s3_server):
     bucket = s3_server.bucket()
     workers.start(**s3_server.env())
     proc = _submit(redis_server.url, tmp_path, str(arithmetic), *JOB, "--output_dir", f"s3://{bucket}/runs/a",

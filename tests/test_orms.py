@@ -1,4 +1,4 @@
-"""The built-in ORMs (workers.scoring.orms): answer extraction, math equivalence, timeouts, the string and shape
+"""The built-in ORMs (workers.scoring.orm_kinds): answer extraction, math equivalence, timeouts, the string and shape
 checks, and their --orm_kwargs. Fast: no language model; the math checks run in a real checker pool."""
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from schemas.errors import ConfigError
 from workers.score import Scorer
 from workers.scoring import InferRequest, orms
 from workers.scoring.answers import extract_answer, normalize, reference_answer
-from workers.scoring.orms import AccuracyORM, FormatORM, LengthORM, MathORM, RepetitionORM
+from workers.scoring.orm_kinds import AccuracyORM, FormatORM, LengthORM, MathORM, RepetitionORM
 from workers.scoring.plugins import check_plugin
 
 POWER_TOWER = r"\boxed{9^{9^{9^{9^{9}}}}}"  # math-verify compares it with 1 for hours (checked: > 20 s unbounded)

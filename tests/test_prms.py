@@ -1,4 +1,4 @@
-"""The built-in PRMs of ``workers.scoring.prms``.
+"""The built-in PRMs of ``workers.scoring.prm_kinds``.
 
 The judge runs on the real SmolLM2-135M model and the embedding PRM on the real all-MiniLM-L6-v2. The scalar
 RM and the step PRM run on TINY random checkpoints made here (a 2-layer, 32-wide Llama with a
@@ -75,7 +75,7 @@ def tiny(tmp_path_factory, model_path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def judge(model_path):
-    from workers.scoring.prms import JudgePRM, load_prm
+    from workers.scoring.prm_kinds import JudgePRM, load_prm
 
     prm = load_prm(_spec("smollm2-135m-instruct", batch_size=4))  # the alias, detected as a causal LM
     assert isinstance(prm, JudgePRM)
@@ -121,7 +121,7 @@ def test_judge_cuts_the_middle_of_a_candidate_too_long_for_max_length(judge):
 # -------------------------------------------------------------------------------------------- embedding
 def test_embedding_prm_from_the_registry_prefers_a_paraphrase():
     from workers.scoring import prms
-    from workers.scoring.prms import EmbeddingPRM
+    from workers.scoring.prm_kinds import EmbeddingPRM
 
     prm = prms.create("embedding", _spec("embedding", batch_size=2))
     try:
@@ -139,7 +139,7 @@ def test_embedding_prm_from_the_registry_prefers_a_paraphrase():
 # ------------------------------------------------------------------------------------------- scalar RM
 @pytest.mark.parametrize("variant", ["seqcls1", "seqcls2", "plain"])
 def test_seqcls_plumbing_batched_and_padding_invariant(tiny, variant):
-    from workers.scoring.prms import SeqClsPRM, load_prm
+    from workers.scoring.prm_kinds import SeqClsPRM, load_prm
 
     prm = load_prm(_spec(tiny[variant], batch_size=3))
     assert isinstance(prm, SeqClsPRM)
@@ -154,15 +154,19 @@ def test_seqcls_plumbing_batched_and_padding_invariant(tiny, variant):
         left = prm(reqs, ANSWERS)
         prm.batch_size = 1
         single = prm(reqs, ANSWERS)
+        again = prm(reqs[2:] + reqs + reqs[:1], ANSWERS[2:] + ANSWERS + ANSWERS[:1])  # repeats are scored once
     finally:
         prm.close()
     assert _close(right, left) and _close(right, single), (right, left, single)
+    assert _close(again, right[2:] + right + right[:1])
     assert prm.model is None
+    with pytest.raises(PermanentError, match="closed"):
+        prm(reqs, ANSWERS)
 
 
 # ------------------------------------------------------------------------------------------------ step
 def test_step_prm_one_probability_per_step_batched_and_padding_invariant(tiny):
-    from workers.scoring.prms import StepPRM, load_prm
+    from workers.scoring.prm_kinds import StepPRM, load_prm
 
     prm = load_prm(_spec(tiny["step"], batch_size=4, padding_side="right"))
     assert isinstance(prm, StepPRM)
@@ -187,7 +191,7 @@ def test_step_prm_one_probability_per_step_batched_and_padding_invariant(tiny):
 
 
 def test_step_token_must_be_one_token(tiny):
-    from workers.scoring.prms import load_prm
+    from workers.scoring.prm_kinds import load_prm
 
     with pytest.raises(ConfigError, match=r"--prm_kwargs 'step_token'.*<extra_9>.*exactly one"):
         load_prm(_spec(tiny["step"], step_token="<extra_9>"))
@@ -195,7 +199,7 @@ def test_step_token_must_be_one_token(tiny):
 
 # ------------------------------------------------------------------------------------ detection, errors
 def test_kind_is_told_by_the_model_files(tiny, model_path, tmp_path):
-    from workers.scoring.prms import default_embedding_model, prm_kind
+    from workers.scoring.prm_kinds import default_embedding_model, prm_kind
 
     assert prm_kind(tiny["seqcls1"]) == "seqcls"
     assert prm_kind(tiny["step"]) == "step"
@@ -219,7 +223,7 @@ def test_kind_is_told_by_the_model_files(tiny, model_path, tmp_path):
     ({"kind": "oracle"}, r"--prm_kwargs 'kind': 'oracle' is not one of seqcls, step, judge, embedding"),
 ])
 def test_bad_prm_kwargs_are_refused_before_loading(tiny, kwargs, message):
-    from workers.scoring.prms import load_prm
+    from workers.scoring.prm_kinds import load_prm
 
     with pytest.raises(ConfigError, match=message):
         load_prm(_spec(tiny["seqcls1"], **kwargs))
@@ -233,7 +237,7 @@ def test_embedding_refuses_options_of_other_kinds():
 
 
 def test_missing_model_is_a_model_load_error(tmp_path):
-    from workers.scoring.prms import load_prm
+    from workers.scoring.prm_kinds import load_prm
 
     missing = tmp_path / "no-such-prm"
     with pytest.raises(ModelLoadError, match=re.escape(f"--prm_model {str(missing)!r}: no such model folder")):
@@ -245,7 +249,7 @@ def test_missing_model_is_a_model_load_error(tmp_path):
 
 
 def test_validate_scores_names_the_model_and_the_problem():
-    from workers.scoring.prms import validate_scores
+    from workers.scoring.base import validate_scores
 
     assert validate_scores("m", [1, [0.5, 0.25]], 2) == [1.0, [0.5, 0.25]]
     with pytest.raises(PermanentError, match=r"PRM 'm': returned 1 scores for 2 requests"):
@@ -256,23 +260,3 @@ def test_validate_scores_names_the_model_and_the_problem():
         validate_scores("m", [[]], 1)
     with pytest.raises(PermanentError, match=r"request 0 is not a number: 'x'"):
         validate_scores("m", ["x"], 1)
-
-
-def test_importing_this_module_keeps_the_prm_registry_usable():
-    """``workers.scoring.prms`` names both the registry and this module; either way the registry works."""
-    import workers.scoring.prms  # noqa: F401  (Python sets the package attribute to the module)
-    from workers.registry import Registry
-    from workers.scoring import PRM, prms
-
-    class Constant(PRM):
-        def __call__(self, infer_requests, ground_truths, **kwargs):
-            return [1.0] * len(infer_requests)
-
-    registry = prms if isinstance(prms, Registry) else prms._REGISTRY
-    try:
-        prms["test_constant_prm"] = Constant
-        assert "test_constant_prm" in prms and "embedding" in prms and "test_constant_prm" in prms.names()
-        assert prms.create("test_constant_prm", _spec("test_constant_prm"))(_requests()[:2], [None, None]) == [1.0, 1.0]
-        assert prms.factory("embedding").__self__.__name__ == "EmbeddingPRM"
-    finally:
-        registry._entries.pop("test_constant_prm", None)

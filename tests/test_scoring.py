@@ -71,7 +71,7 @@ def test_plugin_orm_scores_distinct_texts_once_in_one_call(tmp_path):
     path, name = plugin(tmp_path)
     scorer = Scorer(spec(external_plugins=[path], orm_model=name))
     scored = scorer.score(shard(("42", ["it is 42", "it is 41", "it is 42"]), ("7", ["7", "8"])))
-    module = next(m for m in __import__("sys").modules.values() if getattr(m, "ContainsAnswer", None)
+    module = next(m for m in list(__import__("sys").modules.values()) if getattr(m, "ContainsAnswer", None)
                   and getattr(m, "__file__", "") == path)
     assert module.CALLS == [4]  # 2 + 2 distinct candidates, one call for the whole shard
     assert [c.scores.orm for c in scored.generations[0].candidates] == [1.0, 0.0, 1.0]
@@ -133,8 +133,8 @@ def test_missing_plugin_file_and_unknown_names(tmp_path):
 
 
 @pytest.mark.parametrize("result,message", [("[1.0]", "returned 1 scores for 2 requests"),
-                                            ("[1.0, float('nan')]", "score 1 is nan"),
-                                            ("[1.0, 'x']", "score 1 is not a number")])
+                                            ("[1.0, float('nan')]", "score of request 1 is NaN"),
+                                            ("[1.0, 'x']", "score of request 1 is not a number")])
 def test_bad_scores_are_permanent_errors(tmp_path, result, message):
     body = ("from workers.scoring import ORM, orms\nclass A(ORM):\n    def __call__(self, r, g, **k):\n"
             f"        return {result}\norms['{{name}}'] = A")
@@ -177,3 +177,13 @@ def test_cache_files_need_the_no_engine_and_vice_versa():
         spec(sampler_engine="no")
     with pytest.raises(ValueError, match="only with --sampler_engine no"):
         spec(cache_files=["c.jsonl"])
+
+
+def test_registries_survive_loading_the_built_in_models():
+    """Importing the modules behind the registries must not shadow the registries (a plugin registers later)."""
+    import workers.scoring as scoring
+    from workers.registry import Registry
+
+    scoring.orms.factory("math")
+    scoring.prms.factory("embedding")
+    assert isinstance(scoring.orms, Registry) and isinstance(scoring.prms, Registry)

@@ -14,7 +14,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from s3server import S3Server, free_port, s3_server, start_moto, start_seaweedfs  # noqa: F401 - s3_server is a fixture
+from fleetkit import free_port
+from s3server import S3Server, start_moto, start_seaweedfs
 
 from schemas import DatasetSpec, JobSpec, Message, OutputRow, ShardSummary
 from schemas.errors import OutputError, TransientError

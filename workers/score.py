@@ -8,41 +8,21 @@ it as unscorable); the rest of the shard goes on.
 from __future__ import annotations
 
 import logging
-import math
 import time
-from collections.abc import Sequence
 
 from schemas import Candidate, GeneratedShard, Generation, JobSpec, Scores
-from schemas.errors import PermanentError
 from workers.scoring import InferRequest, RewardModel, orms, prms
+from workers.scoring.base import validate_scores
 from workers.scoring.plugins import load_plugins
 
 log = logging.getLogger(__name__)
-
-
-def validate_scores(name: str, scores: Sequence, expected: int) -> list[float | list[float]]:
-    """One finite score (or non-empty list of finite step scores) per request, else a PermanentError."""
-    if not isinstance(scores, Sequence) or len(scores) != expected:
-        got = len(scores) if isinstance(scores, Sequence) else type(scores).__name__
-        raise PermanentError(f"reward model {name!r} returned {got} scores for {expected} requests")
-    out: list[float | list[float]] = []
-    for i, score in enumerate(scores):
-        values = list(score) if isinstance(score, (list, tuple)) else [score]
-        try:
-            values = [float(v) for v in values]
-        except (TypeError, ValueError):
-            raise PermanentError(f"reward model {name!r}: score {i} is not a number: {score!r}") from None
-        if not values or any(math.isnan(v) or math.isinf(v) for v in values):
-            raise PermanentError(f"reward model {name!r}: score {i} is {score!r} (NaN, infinite or empty)")
-        out.append(values if isinstance(score, (list, tuple)) else values[0])
-    return out
 
 
 def load_prm(spec: JobSpec) -> RewardModel:
     """A registered PRM name, else a model folder / hub id whose config says what kind it is."""
     if spec.prm_model in prms:
         return prms.create(spec.prm_model, spec)
-    from workers.scoring.prms import load_prm as load_from_path
+    from workers.scoring.prm_kinds import load_prm as load_from_path
 
     return load_from_path(spec)
 
@@ -110,4 +90,4 @@ class Scorer:
              truths: list[str | None]) -> list[float | list[float]]:
         if model is None or not requests:
             return []
-        return validate_scores(str(name), model(requests, truths), len(requests))
+        return validate_scores(str(name), model(requests, truths), len(requests), kind="reward model")

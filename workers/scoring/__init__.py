@@ -1,20 +1,22 @@
 """Reward models: the ORM and PRM registries (``--orm_model`` / ``--prm_model`` name -> factory(spec)).
 
 Built-in factories take the JobSpec; plugin files add classes swift-style (``orms['name'] = MyORM``).
+The built-in models live in ``orm_kinds`` / ``prm_kinds``: a submodule named ``orms`` or ``prms`` would
+replace the registry of that name on this package the moment it is imported.
 """
 from workers.registry import Registry
 from workers.scoring.base import ORM, PRM, InferRequest, RewardModel
 from workers.scoring.plugins import check_plugin
 
 orms: Registry[RewardModel] = Registry("ORM", "--orm_model", {
-    "math": "workers.scoring.orms:MathORM.from_spec",
-    "accuracy": "workers.scoring.orms:AccuracyORM.from_spec",
-    "format": "workers.scoring.orms:FormatORM.from_spec",
-    "repetition": "workers.scoring.orms:RepetitionORM.from_spec",
-    "length": "workers.scoring.orms:LengthORM.from_spec",
+    "math": "workers.scoring.orm_kinds:MathORM.from_spec",
+    "accuracy": "workers.scoring.orm_kinds:AccuracyORM.from_spec",
+    "format": "workers.scoring.orm_kinds:FormatORM.from_spec",
+    "repetition": "workers.scoring.orm_kinds:RepetitionORM.from_spec",
+    "length": "workers.scoring.orm_kinds:LengthORM.from_spec",
 }, check=check_plugin)
 prms: Registry[RewardModel] = Registry("PRM", "--prm_model", {
-    "embedding": "workers.scoring.prms:EmbeddingPRM.from_spec",
+    "embedding": "workers.scoring.prm_kinds:EmbeddingPRM.from_spec",
 }, check=check_plugin)
 
 __all__ = ["ORM", "PRM", "InferRequest", "RewardModel", "orms", "prms"]

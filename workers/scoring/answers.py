@@ -2,7 +2,7 @@
 
 Extraction and normalisation are plain text work and run in the scoring process. ``equivalent`` imports
 sympy (through math-verify) on first use and can take unbounded time on a hostile expression, so it is
-meant for a checker process that can be killed (see ``workers.scoring.orms.MathORM``).
+meant for a checker process that can be killed (see ``workers.scoring.orm_kinds.MathORM``).
 """
 from __future__ import annotations
 

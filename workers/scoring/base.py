@@ -6,9 +6,12 @@ returning, per request, a float or a list of per-step floats (the minimum counts
 """
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any
+
+from schemas.errors import PermanentError
 
 
 @dataclass
@@ -53,3 +56,31 @@ class ORM(RewardModel):
 
 class PRM(RewardModel):
     """Process reward: higher is better; a list of per-step scores counts by its minimum."""
+
+
+def validate_scores(name: str, scores: Any, expected: int, *, kind: str = "PRM") -> list[Score]:
+    """The one check of a reward model's output: ``expected`` scores, each a number or a non-empty list of
+    numbers, no NaN. Returns them as plain floats; anything else is a PermanentError naming the model."""
+    where = f"{kind} {name!r}"
+    if not isinstance(scores, (list, tuple)):
+        raise PermanentError(f"{where}: returned {type(scores).__name__}, expected a list of {expected} scores")
+    if len(scores) != expected:
+        raise PermanentError(f"{where}: returned {len(scores)} scores for {expected} requests")
+    out: list[Score] = []
+    for i, score in enumerate(scores):
+        many = isinstance(score, (list, tuple))
+        if many and not score:
+            raise PermanentError(f"{where}: request {i} got an empty list of step scores")
+        values = []
+        for v in (score if many else [score]):
+            try:
+                if isinstance(v, (bool, str, bytes)):
+                    raise TypeError
+                f = float(v)
+            except (TypeError, ValueError):
+                raise PermanentError(f"{where}: score of request {i} is not a number: {v!r}") from None
+            if math.isnan(f):
+                raise PermanentError(f"{where}: score of request {i} is NaN")
+            values.append(f)
+        out.append(values if many else values[0])
+    return out

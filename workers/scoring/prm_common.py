@@ -1,12 +1,11 @@
-"""Shared plumbing of the built-in PRMs (``workers.scoring.prms``): options, paths, loading, padding, checks.
+"""Shared plumbing of the built-in PRMs (``workers.scoring.prm_kinds``): options, paths, loading, padding, checks.
 
-Nothing here imports torch at module level, so ``validate_scores`` and the option checks stay cheap.
+Nothing here imports torch at module level, so the option checks stay cheap.
 """
 from __future__ import annotations
 
 import gc
 import inspect
-import math
 import re
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -14,39 +13,10 @@ from typing import Any
 
 from schemas.errors import ConfigError, ModelLoadError, PermanentError
 from workers.models import DEMO_ALIAS
-from workers.scoring.base import PRM, InferRequest, Score
+from workers.scoring.base import PRM, InferRequest
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _DTYPES = ("float32", "bfloat16", "float16")
-
-
-# ---------------------------------------------------------------------------------------------- checks
-def validate_scores(name: str, scores: Any, expected: int, *, kind: str = "PRM") -> list[Score]:
-    """The one check of a reward model's output: ``expected`` scores, each a number or a non-empty list of
-    numbers, no NaN. Returns them as plain floats; anything else is a PermanentError naming the model."""
-    where = f"{kind} {name!r}"
-    if not isinstance(scores, (list, tuple)):
-        raise PermanentError(f"{where}: returned {type(scores).__name__}, expected a list of {expected} scores")
-    if len(scores) != expected:
-        raise PermanentError(f"{where}: returned {len(scores)} scores for {expected} requests")
-    out: list[Score] = []
-    for i, score in enumerate(scores):
-        many = isinstance(score, (list, tuple))
-        if many and not score:
-            raise PermanentError(f"{where}: request {i} got an empty list of step scores")
-        values = []
-        for v in (score if many else [score]):
-            try:
-                if isinstance(v, (bool, str, bytes)):
-                    raise TypeError
-                f = float(v)
-            except (TypeError, ValueError):
-                raise PermanentError(f"{where}: score of request {i} is not a number: {v!r}") from None
-            if math.isnan(f):
-                raise PermanentError(f"{where}: score of request {i} is NaN")
-            values.append(f)
-        out.append(values if many else values[0])
-    return out
 
 
 def _is_int(v: Any, low: int = 1) -> bool:
@@ -175,6 +145,14 @@ def last_user_turn(messages: Sequence[dict[str, Any]]) -> str:
         if m.get("role") == "user":
             return str(m.get("content") or "")
     return "\n".join(str(m.get("content") or "") for m in prompt)
+
+
+def unique(seqs: Sequence[Sequence[int]]) -> tuple[list[list[int]], list[int]]:
+    """The distinct token sequences and, per input, the index of its distinct one: a candidate sampled many
+    times (short answers often are) is scored once."""
+    first: dict[tuple[int, ...], int] = {}
+    owner = [first.setdefault(tuple(s), len(first)) for s in seqs]
+    return [list(k) for k in first], owner
 
 
 def batches(lengths: Sequence[int], batch_size: int) -> Iterator[list[int]]:

