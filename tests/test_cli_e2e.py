@@ -121,7 +121,7 @@ BAD_INPUT = [
     (["missing.jsonl"], "no such file"),
     (["{data}#abc"], "'#abc' is not a row count"),
     (["{data}#0"], "must be at least 1"),
-    (["{data}", "--sampler_engine", "nope"], "unknown engine; known: no, transformers, pt (= transformers)"),
+    (["{data}", "--sampler_engine", "nope"], "--sampler_engine 'nope': unknown engine; known: client, lmdeploy, no"),
     (["{data}", "--model", "/no/such/folder"], "no such model folder"),
     (["{data}", "--num_return_sequences", "2", "--n_best_to_keep", "3"], "--n_best_to_keep 3 is greater than"),
     (["{bad}"], "bad.jsonl line 2: not valid JSON"),

@@ -17,7 +17,7 @@ from schemas.errors import ConfigError, PermanentError, TransientError
 from workers.engines.client import ClientEngine, candidate, request_body
 from workers.engines.lmdeploy import backend_config, generation_configs
 
-VLLM = ROOT / ".venv-vllm" / "bin" / "vllm"
+VLLM_PY = ROOT / ".venv-vllm" / "bin" / "python"
 PARAMS = SamplingParams(num_return_sequences=3, max_new_tokens=8, temperature=0.8, top_k=20, top_p=0.9,
                         repetition_penalty=1.05, stop_words=["\n\n"])
 
@@ -79,13 +79,15 @@ def test_lmdeploy_engine_end_to_end(model_path):
 
 @pytest.fixture(scope="module")
 def vllm_server(model_path, tmp_path_factory) -> str:
-    if not VLLM.exists():
+    if not VLLM_PY.exists():
         pytest.skip("VLLM SERVER TEST NOT RUN: .venv-vllm is missing (`make vllm-venv` builds it; make test does)")
     port = free_port()
     log = Path(tmp_path_factory.mktemp("vllm")) / "serve.log"
     env = {**os.environ, "VLLM_CPU_OMP_THREADS_BIND": "0-1", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
            "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen([str(VLLM), "serve", model_path, "--host", "127.0.0.1", "--port", str(port),
+    # `python -m ...api_server`, not the `vllm` script: vllm-cpu's script looks up a distribution named "vllm"
+    proc = subprocess.Popen([str(VLLM_PY), "-m", "vllm.entrypoints.openai.api_server", "--model", model_path,
+                             "--host", "127.0.0.1", "--port", str(port),
                              "--served-model-name", "smol", "--dtype", "float32", "--enforce-eager",
                              "--max-model-len", "512", "--gpu-memory-utilization", "0.2", "--seed", "0"],
                             env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)

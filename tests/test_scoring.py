@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import textwrap
 import uuid
 from pathlib import Path
@@ -71,8 +72,8 @@ def test_plugin_orm_scores_distinct_texts_once_in_one_call(tmp_path):
     path, name = plugin(tmp_path)
     scorer = Scorer(spec(external_plugins=[path], orm_model=name))
     scored = scorer.score(shard(("42", ["it is 42", "it is 41", "it is 42"]), ("7", ["7", "8"])))
-    module = next(m for m in list(__import__("sys").modules.values()) if getattr(m, "ContainsAnswer", None)
-                  and getattr(m, "__file__", "") == path)
+    module = next(m for k, m in list(sys.modules.items())
+                  if k.startswith("samplefleet_plugin_") and m.__file__ == path)
     assert module.CALLS == [4]  # 2 + 2 distinct candidates, one call for the whole shard
     assert [c.scores.orm for c in scored.generations[0].candidates] == [1.0, 0.0, 1.0]
     rows, dropped = shard_rows(scorer.spec, scored)
