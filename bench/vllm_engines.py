@@ -42,20 +42,24 @@ def bare(model: str) -> dict:
     """The engine limit, in a child process so its start-up is timed like the others'."""
     code = f"""
 import json, time
-t0 = time.time()
-from vllm import LLM, SamplingParams
-llm = LLM(model={model!r}, seed=42, **{ENGINE!r})
-rows = [json.loads(l) for l in open({str(BENCH / 'bench20.jsonl')!r})]
-t1 = time.time()
-outs = llm.chat([[{{"role": "user", "content": r["query"]}}] for r in rows],
-                SamplingParams(n=4, temperature=1.0, top_k=50, max_tokens=128), use_tqdm=False)
-t2 = time.time()
-print(json.dumps({{"generate_s": t2 - t1, "startup_s": t1 - t0, "samples": sum(len(o.outputs) for o in outs),
-                  "tokens": sum(len(c.token_ids) for o in outs for c in o.outputs)}}))
+def main():
+    t0 = time.time()
+    from vllm import LLM, SamplingParams
+    llm = LLM(model={model!r}, seed=42, **{ENGINE!r})
+    rows = [json.loads(l) for l in open({str(BENCH / 'bench20.jsonl')!r})]
+    t1 = time.time()
+    outs = llm.chat([[{{"role": "user", "content": r["query"]}}] for r in rows],
+                    SamplingParams(n=4, temperature=1.0, top_k=50, max_tokens=128), use_tqdm=False)
+    t2 = time.time()
+    print("RESULT " + json.dumps({{"generate_s": t2 - t1, "startup_s": t1 - t0,
+                                  "samples": sum(len(o.outputs) for o in outs),
+                                  "tokens": sum(len(c.token_ids) for o in outs for c in o.outputs)}}), flush=True)
+if __name__ == "__main__":
+    main()
 """
     started = time.perf_counter()
     out = subprocess.run([str(PY), "-c", code], env=ENV, capture_output=True, text=True, check=True)
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result = json.loads(next(line[7:] for line in out.stdout.splitlines() if line.startswith("RESULT ")))
     return {**result, "wall_s": time.perf_counter() - started}
 
 
@@ -109,7 +113,8 @@ def main() -> None:
         proc, url, startup = serve(model)
         try:
             runs.append({"variant": "ours-client", "round": r + 1, "server_startup_s": startup,
-                         **ours("client", BENCH / "out" / "vllm-engines" / "client", ["--base_url", url])})
+                         **ours("client", BENCH / "out" / "vllm-engines" / "client",
+                                 ["--base_url", url, "--engine_kwargs", '{"send_seed": false, "concurrency": 20}'])})
         finally:
             os.killpg(proc.pid, signal.SIGTERM)
             proc.wait(60)

@@ -6,6 +6,8 @@ the engine notices short answers and asks for the rest with separate seeded requ
 asking for n>1 from then on). 429, 5xx and timeouts are retried with exponential backoff; other
 errors fail the shard with the status and an excerpt of the body. The API key comes from the
 environment (``--engine_kwargs '{"api_key_env": "NAME"}'``, default OPENAI_API_KEY), never the spec.
+Other ``--engine_kwargs``: concurrency (16), timeout (600 s), max_retries (5), send_seed (true; false for
+servers that break on a per-request seed, such as vLLM's CPU build).
 
 With ``--sampler_type distill`` the teacher's reasoning, when the endpoint returns it separately
 (``reasoning_content`` / ``reasoning``), is written before the answer as ``<think>...</think>``.
@@ -24,7 +26,7 @@ from schemas.errors import ConfigError, PermanentError, TransientError
 from workers.engines.base import Engine
 
 log = logging.getLogger(__name__)
-OPTIONS = {"api_key_env", "concurrency", "timeout", "max_retries"}
+OPTIONS = {"api_key_env", "concurrency", "timeout", "max_retries", "send_seed"}
 
 
 def request_body(model: str, messages: list[dict[str, str]], params: SamplingParams, n: int,
@@ -68,6 +70,8 @@ class ClientEngine(Engine):
         self.concurrency = int(options.get("concurrency", 16))
         self.timeout = float(options.get("timeout", 600))
         self.max_retries = int(options.get("max_retries", 5))
+        # false for servers that break on a per-request seed (vLLM's CPU build: "CPU Generator does not use offset")
+        self.send_seed = bool(options.get("send_seed", True))
         key = os.environ.get(options.get("api_key_env", "OPENAI_API_KEY"))
         self.headers = {"Authorization": f"Bearer {key}"} if key else {}
         self.honours_n = True
@@ -100,7 +104,8 @@ class ClientEngine(Engine):
         want, out = params.num_return_sequences, []
         while len(out) < want:
             n = want - len(out) if self.honours_n else 1
-            reply = await self._post(http, request_body(self.model, messages, params, n, seed + len(out)), prompt)
+            body = request_body(self.model, messages, params, n, seed + len(out) if self.send_seed else None)
+            reply = await self._post(http, body, prompt)
             choices = reply.get("choices") or []
             if not choices:
                 raise PermanentError(f"{prompt.source}: the endpoint returned no choices: {str(reply)[:300]}")
