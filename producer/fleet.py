@@ -86,6 +86,9 @@ class Fleet:
         if total == 0:
             raise ConfigError(f"no prompts in {', '.join(map(str, spec.datasets))}")
         prompts = part_size(spec, total)
+        if prompts == 0:
+            raise ConfigError(f"--data_range {spec.data_range[0]} {spec.data_range[1]}: this part of the {total} "
+                              "prompts is empty")
         job_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
         done = self._open(spec, open_timeout)
         keys = Keys(job_id)
@@ -160,6 +163,8 @@ class Fleet:
     def resume(self, job_id: str, *, stale_after: float | None = None) -> int:
         """Re-enqueue the shards that are neither aggregated nor in flight; how many were sent."""
         job, keys = self._job(job_id), Keys(job_id)
+        if job["status"] == "done":
+            raise ConfigError(f"job {job_id} is done: nothing to resume (output: {job.get('output')})")
         spec = JobSpec.model_validate_json(job["spec"])
         stale_after = stale_after if stale_after is not None else celery_settings()["broker_transport_options"][
             "visibility_timeout"]

@@ -48,8 +48,8 @@ def choose(spec: JobSpec, gen: Generation) -> tuple[list[OutputRow], str | None]
     prm = [c.scores.prm for c in cands]
     use_orm, use_prm = spec.orm_model is not None, spec.prm_model is not None
     passed = [(not use_orm or o > 0) and (not use_prm or p > spec.prm_threshold) for o, p in zip(orm, prm)]
-    if use_orm and spec.easy_query_threshold is not None:
-        sampled = [o for o, c in zip(orm, cands) if not c.reference]
+    if use_orm and spec.easy_query_threshold is not None:  # over every sample, duplicates included
+        sampled = [c.scores.orm for c in gen.candidates if not c.reference]
         if sampled and sum(o > 0 for o in sampled) / len(sampled) >= spec.easy_query_threshold:
             return [], f"too easy: {sum(o > 0 for o in sampled)}/{len(sampled)} candidates pass the ORM"
     if not any(passed):

@@ -54,6 +54,9 @@ class FleetJob:
     def record_engine(self, engine: dict[str, str]) -> None:
         self.db.hsetnx(self.keys.job, "engine", json.dumps(engine))
 
+    def not_running(self, index: int) -> None:
+        self.db.hdel(self.keys.running, str(index))
+
     def started(self, stage: str, index: int, worker: str) -> None:
         self.db.hset(self.keys.running, str(index), json.dumps({"stage": stage, "worker": worker, "since": time.time()}))
 
@@ -72,7 +75,12 @@ class FleetJob:
         return first
 
     def failed(self, index: int, error: str) -> None:
-        """The shard is given up: its error is kept for `producer status` and the manifest."""
+        """The shard is given up: its error is kept for `producer status` and the manifest.
+
+        A shard already aggregated (a late duplicate failing) is not failed: its rows are in place.
+        """
+        if self.db.sismember(self.keys.stage["aggregate"], index):
+            return
         pipe = self.db.pipeline()
         pipe.hset(self.keys.failed, str(index), error)
         pipe.hdel(self.keys.running, str(index))

@@ -80,8 +80,10 @@ class ShardTask(Task):
     def begin(self, job_id: str, index: int) -> FleetJob | None:
         """The job, or None when the task should do nothing (job cancelled or unknown)."""
         job = self.job(job_id)
-        if job.field("status") in (None, "cancelled"):
-            log.info("job %s shard %d: %s skipped (job %s)", job_id, index, self.stage, job.field("status") or "unknown")
+        status = job.field("status")
+        if status != "running":  # cancelled, unknown, or already finalised (a late duplicate)
+            log.info("job %s shard %d: %s skipped (job %s)", job_id, index, self.stage, status or "unknown")
+            job.not_running(index)
             return None
         deliveries = job.delivered(self.stage, index)
         if deliveries > 2 * max_attempts():

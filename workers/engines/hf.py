@@ -55,9 +55,14 @@ class TransformersEngine(Engine):
         path = resolve_model(model)
         kwargs = dict(engine_kwargs or {})
         kwargs.setdefault("dtype", _DTYPES.get(torch_dtype, "auto"))
+        # The first GPU the process sees (one worker per GPU via CUDA_VISIBLE_DEVICES), else the CPU;
+        # --engine_kwargs '{"device_map": ...}' leaves placement to accelerate instead.
+        device = kwargs.pop("device", "cuda" if torch.cuda.is_available() else "cpu")
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(path)
             self.model = AutoModelForCausalLM.from_pretrained(path, **kwargs).eval()
+            if "device_map" not in kwargs:
+                self.model.to(device)
         except TypeError as exc:
             raise ConfigError(f"--engine_kwargs {engine_kwargs}: rejected by transformers: {exc}") from exc
         except (OSError, ValueError) as exc:
@@ -105,7 +110,7 @@ class TransformersEngine(Engine):
                 skipped[i] = f"prompt has {len(ids)} tokens; the model's context is {self.context}"
             else:
                 todo.append(i)
-        generator = torch.Generator().manual_seed(seed)
+        generator = torch.Generator(device=self.model.device).manual_seed(seed)
         with torch.inference_mode():
             for batch in self._batches(todo, encoded, params):
                 for prompt_index, candidate in self._sample(batch, encoded, params, generator):
@@ -159,9 +164,11 @@ class TransformersEngine(Engine):
         for r, (i, _) in enumerate(batch):
             ids[r, width - len(encoded[i]):] = torch.tensor(encoded[i])
             mask[r, width - len(encoded[i]):] = 1
+        ids, mask = ids.to(self.model.device), mask.to(self.model.device)
         cache = DynamicCache(config=self.model.config)
         logits = self._forward(ids, mask, cache, logits_to_keep=1)
         fan_out = torch.repeat_interleave(torch.arange(len(batch)), torch.tensor([c for _, c in batch]))
+        fan_out = fan_out.to(self.model.device)
         cache.batch_select_indices(fan_out)
         logits, mask = logits[fan_out], mask[fan_out]
         penalise = params.repetition_penalty != 1.0
@@ -187,7 +194,7 @@ class TransformersEngine(Engine):
             if not keep:
                 break
             if len(keep) < len(rows):
-                index = torch.tensor(keep)
+                index = torch.tensor(keep, device=self.model.device)
                 cache.batch_select_indices(index)
                 rows, nxt, mask = [rows[k] for k in keep], nxt[index], mask[index]
                 history = history[index] if penalise else None
