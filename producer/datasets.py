@@ -93,6 +93,14 @@ def _shuffled(items: Iterator[Raw], buffer: int, seed: int) -> Iterator[Raw]:
     yield from pool
 
 
+def part_bounds(spec: JobSpec, total: int) -> tuple[int, int]:
+    """[start, stop) of this job's --data_range part of ``total`` prompts: contiguous, no remainder lost."""
+    if not spec.data_range:
+        return 0, total
+    i, n = spec.data_range
+    return i * total // n, (i + 1) * total // n
+
+
 class PromptStream:
     """The job's prompts in job order; iterable more than once (a counting pass, then the run)."""
 
@@ -129,10 +137,7 @@ class PromptStream:
 
     def iterate(self, total: int) -> Iterator[Prompt]:
         """The prompts of this job's --data_range part (all of them without one), renumbered from 0."""
-        start, stop = 0, total
-        if self.spec.data_range:
-            i, n = self.spec.data_range
-            start, stop = i * total // n, (i + 1) * total // n
+        start, stop = part_bounds(self.spec, total)
         for prompt in self._all():
             if prompt.row >= stop:
                 break

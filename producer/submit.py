@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from producer.datasets import PromptStream
+from producer.datasets import PromptStream, part_bounds
 from producer.progress import Progress
 from schemas import JobSpec, Prompt, PromptShard
 from schemas.errors import DataError
@@ -52,10 +52,8 @@ def cut_shards(prompts: Iterable[Prompt], job: str, size: int) -> Iterator[Promp
 
 def part_size(spec: JobSpec, total: int) -> int:
     """Prompts in this job's --data_range part of ``total`` (all of them without one)."""
-    if not spec.data_range:
-        return total
-    i, n = spec.data_range
-    return (i + 1) * total // n - i * total // n
+    start, stop = part_bounds(spec, total)
+    return stop - start
 
 
 def run_local(spec: JobSpec, *, progress: bool = True) -> RunResult:
