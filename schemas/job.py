@@ -54,8 +54,8 @@ class JobSpec(BaseModel):
     version: int = SCHEMA_VERSION
     model: str = Field(description="Local HF folder, hub id, or the built-in alias 'smollm2-135m-instruct'.")
     sampler_engine: str = Field("transformers", description="Generation engine: transformers (alias pt), vllm, "
-                                "lmdeploy, client (an OpenAI-compatible endpoint at --base_url), or no (score "
-                                "--cache_files, generate nothing).")
+                                "lmdeploy, client (an OpenAI-compatible endpoint at --base_url), no (score "
+                                "--cache_files, generate nothing), or simulated (a benchmark tool: sleeps, no model).")
     sampler_type: Literal["sample", "distill"] = Field("sample", description="distill: with the client engine, "
                                                        "keep the teacher's reasoning as <think>...</think>.")
     base_url: str | None = Field(None, description="With --sampler_engine client: the endpoint, e.g. "

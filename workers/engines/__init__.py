@@ -8,7 +8,8 @@ ENGINES: Registry[Engine] = Registry(
      "vllm": "workers.engines.vllm:VLLMEngine.from_spec",
      "lmdeploy": "workers.engines.lmdeploy:LMDeployEngine.from_spec",
      "client": "workers.engines.client:ClientEngine.from_spec",
-     "no": "workers.engines.cache:CacheEngine.from_spec"},
+     "no": "workers.engines.cache:CacheEngine.from_spec",
+     "simulated": "workers.engines.simulated:SimulatedEngine.from_spec"},  # a benchmark tool, not a sampler
     aliases={"pt": "transformers"},
 )
 
