@@ -73,12 +73,17 @@ def _quiet_libraries() -> None:
 
 
 def _fleet(args: argparse.Namespace):
-    from producer.fleet import Fleet  # only fleet commands need celery and redis
+    from producer.fleet import Fleet, redact  # only fleet commands need celery and redis
 
     if not args.broker:
         raise ConfigError(f"`producer {args.command}` needs a fleet: pass --broker redis://HOST:PORT/DB "
                           "or set SAMPLEFLEET_BROKER_URL")
-    return Fleet(args.broker)
+    if args.broker.split("://", 1)[0] not in ("redis", "rediss", "unix"):
+        raise ConfigError(f"--broker {redact(args.broker)}: not a Redis URL; expected redis://, rediss:// or unix://")
+    try:
+        return Fleet(args.broker)
+    except ValueError as exc:  # redis-py's URL parsing: a bad port, a bad query option
+        raise ConfigError(f"--broker {redact(args.broker)}: {exc}") from None
 
 
 def submit(args: argparse.Namespace) -> int:
