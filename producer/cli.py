@@ -132,7 +132,8 @@ def command(args: argparse.Namespace) -> int:
         fleet.cancel(args.job)
         print(f"job {args.job} cancelled")
     elif args.command == "resume":
-        print(f"job {args.job}: {fleet.resume(args.job)} shards re-enqueued")
+        print(f"job {args.job}: {fleet.resume(args.job)} shards re-enqueued (a job whose shards are all done is "
+              "sent to be finalised)")
         if args.wait:
             return _finish(fleet.wait(args.job, progress=not args.no_progress))
     elif args.command == "wait":

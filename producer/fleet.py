@@ -25,7 +25,8 @@ from producer.datasets import PromptStream
 from producer.submit import cut_shards, part_size
 from schemas import JobSpec
 from schemas.errors import ConfigError, SampleFleetError, TransientError
-from schemas.fleet import (QUEUE_CONTROL, STAGES, TASK_GENERATE, TASK_OPEN, Keys, celery_settings, model_queue)
+from schemas.fleet import (QUEUE_AGGREGATE, QUEUE_CONTROL, STAGES, TASK_FINALISE, TASK_GENERATE, TASK_OPEN, Keys,
+                           celery_settings, model_queue, redis_options)
 
 log = logging.getLogger(__name__)
 FINISHED = ("done", "partial", "cancelled")
@@ -55,9 +56,9 @@ class Fleet:
 
     def __init__(self, broker: str, state: str | None = None) -> None:
         self.broker, self.state_url = broker, state or broker
-        self.db = redis.Redis.from_url(self.state_url, socket_connect_timeout=5, socket_timeout=30)
+        self.db = redis.Redis.from_url(self.state_url, **redis_options())
         try:
-            self.db.ping()
+            redis.Redis.from_url(self.state_url, socket_connect_timeout=5).ping()  # fail fast here, not after retries
         except redis.AuthenticationError as exc:
             raise ConfigError(f"--broker {redact(self.state_url)}: Redis refused the password ({exc})") from None
         except redis.ResponseError as exc:
@@ -138,7 +139,8 @@ class Fleet:
     def _job(self, job_id: str) -> dict[str, str]:
         raw = self.db.hgetall(Keys(job_id).job)
         if not raw:
-            raise ConfigError(f"job {job_id!r}: unknown (see `producer list`)")
+            raise ConfigError(f"job {job_id!r}: unknown (see `producer list`; if Redis lost its data, submit the "
+                              "same job again with --resume true: shards already in the output are kept)")
         return {k.decode(): v.decode() for k, v in raw.items()}
 
     def status(self, job_id: str) -> "JobStatus":
@@ -161,7 +163,11 @@ class Fleet:
         self.db.hset(Keys(job_id).job, "status", "cancelled")
 
     def resume(self, job_id: str, *, stale_after: float | None = None) -> int:
-        """Re-enqueue the shards that are neither aggregated nor in flight; how many were sent."""
+        """Re-enqueue the shards that are neither aggregated nor in flight; how many were sent.
+
+        A job whose shards are all aggregated but which is not finished (its finaliser died) is sent
+        to be finalised instead.
+        """
         job, keys = self._job(job_id), Keys(job_id)
         if job["status"] == "done":
             raise ConfigError(f"job {job_id} is done: nothing to resume (output: {job.get('output')})")
@@ -177,6 +183,9 @@ class Fleet:
         pipe.hset(keys.job, "status", "running")
         pipe.hdel(keys.job, "finished")
         pipe.execute()
+        if len(done) >= int(job["shards"]):
+            self.celery.send_task(TASK_FINALISE, args=[job_id], queue=QUEUE_AGGREGATE)
+            return 0
         stream = PromptStream(spec)
         return self._enqueue(job_id, spec, stream, stream.count(), skip)
 

@@ -13,6 +13,7 @@ TASK_OPEN = "samplefleet.open_job"
 TASK_GENERATE = "samplefleet.generate"
 TASK_SCORE = "samplefleet.score"
 TASK_AGGREGATE = "samplefleet.aggregate"
+TASK_FINALISE = "samplefleet.finalise"  # sent by `producer resume` for a job whose shards are all settled
 QUEUE_GENERATE = "generate"
 QUEUE_SCORE = "score"
 QUEUE_AGGREGATE = "aggregate"
@@ -43,7 +44,7 @@ class Keys:
         self.deliveries = f"{base}:deliveries"  # hash: "stage:shard" -> times its task was delivered
         self.running = f"{base}:running"  # hash: shard -> "stage worker since" of the task in flight
         self.counters = f"{base}:counters"  # hash: candidates, tokens, rows (counted once per shard)
-        self.finalising = f"{base}:finalising"  # lock: only one aggregator assembles the output
+        self.finalising = f"{base}:finalising"  # lock (with a TTL): only one aggregator assembles the output
 
 
 def _env_int(name: str, default: int) -> int:
@@ -59,6 +60,26 @@ def state_url() -> str:
     return os.environ.get("SAMPLEFLEET_STATE_URL", broker_url())
 
 
+def redis_options() -> dict[str, Any]:
+    """Client options for job state: ride out a Redis restart or failover of up to about a minute.
+
+    Every state write is idempotent (sets, NX locks, per-shard fields), so retrying one is safe.
+    """
+    from redis.backoff import ExponentialBackoff
+    from redis.exceptions import ConnectionError, TimeoutError
+    from redis.retry import Retry
+
+    return {"socket_timeout": 30, "socket_connect_timeout": 5, "health_check_interval": 30,
+            "retry": Retry(ExponentialBackoff(cap=5, base=0.2), retries=16),
+            "retry_on_error": [ConnectionError, TimeoutError]}
+
+
+def finalise_timeout() -> int:
+    """Seconds a finaliser may hold the lock (SAMPLEFLEET_FINALISE_TIMEOUT, default 1800): if it dies
+    mid-way, another aggregator (or `producer resume`) can finalise the job after that."""
+    return _env_int("SAMPLEFLEET_FINALISE_TIMEOUT", 1800)
+
+
 def celery_settings() -> dict[str, Any]:
     """Settings for the workers and for the producer's sending client. Why each is what it is:
 
@@ -72,6 +93,11 @@ def celery_settings() -> dict[str, Any]:
     - soft shutdown: on SIGTERM a worker gets SAMPLEFLEET_SOFT_SHUTDOWN seconds to finish its shard
       before the shard is handed back.
     - events on: Flower shows tasks live.
+    - publish retries for about a minute: a worker passing a shard to the next stage while Redis restarts
+      waits for it instead of failing the shard.
+    - running tasks are not cancelled when the broker connection drops: the shard's result is still
+      written (and reused by the redelivered task), rather than thrown away.
+    - stage tasks store no results (``ignore_result`` on the task): job state lives in our own keys.
     """
     visibility = _env_int("SAMPLEFLEET_VISIBILITY_TIMEOUT", 6 * 3600)
     transport = {"visibility_timeout": visibility, "fanout_prefix": True, "fanout_patterns": True}
@@ -94,9 +120,14 @@ def celery_settings() -> dict[str, Any]:
         "task_track_started": True,
         "task_default_queue": QUEUE_CONTROL,
         "broker_connection_retry_on_startup": True,
+        "broker_connection_max_retries": None,
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
+        "task_publish_retry": True,
+        "task_publish_retry_policy": {"max_retries": 30, "interval_start": 0, "interval_step": 0.5,
+                                      "interval_max": 2},
         "broker_connection_timeout": 5,
         "task_routes": {TASK_OPEN: {"queue": QUEUE_CONTROL}, TASK_SCORE: {"queue": QUEUE_SCORE},
-                        TASK_AGGREGATE: {"queue": QUEUE_AGGREGATE}},
+                        TASK_AGGREGATE: {"queue": QUEUE_AGGREGATE}, TASK_FINALISE: {"queue": QUEUE_AGGREGATE}},
     }
 
 

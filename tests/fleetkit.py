@@ -109,6 +109,8 @@ class Worker:
     name: str
     proc: subprocess.Popen
     log: Path
+    queues: str | None = None
+    env: dict[str, str] = field(default_factory=dict)
 
     def kill(self) -> None:
         self.proc.send_signal(signal.SIGKILL)
@@ -133,7 +135,7 @@ class Workers:
             args += ["-Q", queues]
         proc = subprocess.Popen(args, cwd=ROOT, env=fleet_env(self.broker, **env), stdout=log.open("w"),
                                 stderr=subprocess.STDOUT)
-        worker = Worker(name, proc, log)
+        worker = Worker(name, proc, log, queues, env)
         self.started.append(worker)
         if wait:
             self.wait_ready(worker)
@@ -150,6 +152,13 @@ class Workers:
             if control.ping(destination=[worker.name], timeout=1.0):
                 return
         raise RuntimeError(f"worker {worker.name} did not answer a ping: {worker.log.read_text()[-3000:]}")
+
+    def replace(self, worker: Worker, *, wait: bool = True) -> Worker:
+        """A new worker for the same queues and environment (after ``worker`` was killed or stopped)."""
+        return self.start(worker.queues, wait=wait, **worker.env)
+
+    def by_name(self, name: str) -> Worker | None:
+        return next((w for w in self.started if w.name == name), None)
 
     def stop_all(self) -> None:
         for worker in self.started:

@@ -66,6 +66,8 @@ class S3Server:
     workdir: Path | None = None
     log: Path | None = None
     grpc_ports: list[int] = field(default_factory=list)
+    command: list[str] = field(default_factory=list)
+    command_env: dict[str, str] = field(default_factory=dict)
 
     def client(self, access_key: str | None = None, secret_key: str | None = None, attempts: int = 3):
         import boto3
@@ -89,7 +91,15 @@ class S3Server:
                 "AWS_EC2_METADATA_DISABLED": "true", "AWS_CONFIG_FILE": os.devnull,
                 "AWS_SHARED_CREDENTIALS_FILE": os.devnull}
 
-    def stop(self) -> None:
+    def halt(self) -> None:
+        """An outage: the server process stops; its data and ports stay for ``restart``."""
+        self._terminate()
+
+    def restart(self) -> None:
+        self.proc = _spawn(self.command, self.command_env, self.workdir, self.log, append=True)
+        _wait_ready(self, timeout=60)
+
+    def _terminate(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             try:
                 os.killpg(self.proc.pid, signal.SIGTERM)   # weed is one process, but take any children too
@@ -103,6 +113,9 @@ class S3Server:
                 os.killpg(self.proc.pid, signal.SIGKILL)   # whatever of its process group outlived it
             except ProcessLookupError:
                 pass
+
+    def stop(self) -> None:
+        self._terminate()
         if self.moto is not None:
             self.moto.stop()
             self.moto = None
@@ -143,6 +156,12 @@ def _wait_ready(server: S3Server, timeout: float = 30) -> None:
             time.sleep(0.2)
 
 
+def _spawn(args: list[str], env: dict[str, str], workdir: Path, log: Path, append: bool = False) -> subprocess.Popen:
+    with log.open("ab" if append else "wb") as out:
+        return subprocess.Popen(args, cwd=workdir, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_parent)
+
+
 def start_seaweedfs() -> S3Server:
     """`weed mini` in a fresh short temp dir (unix socket paths must stay short), removed by ``stop()``."""
     weed = _weed()
@@ -168,13 +187,10 @@ def start_seaweedfs() -> S3Server:
     # No AWS_*/S3_* variables (weed reads some of them); TMPDIR keeps its gRPC unix sockets out of /tmp.
     env = {**{k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "S3_"))}, "TMPDIR": str(workdir)}
     log = workdir / "weed.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(args, cwd=workdir, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True,
-                                preexec_fn=_die_with_parent)
     server = S3Server(f"http://127.0.0.1:{ports['s3.port']}", ACCESS_KEY, SECRET_KEY, "seaweedfs",
-                      proc=proc, workdir=workdir, log=log,
-                      grpc_ports=[p for name, p in ports.items() if name.endswith(".grpc")])
+                      proc=_spawn(args, env, workdir, log), workdir=workdir, log=log,
+                      grpc_ports=[p for name, p in ports.items() if name.endswith(".grpc")],
+                      command=args, command_env=env)
     try:
         _wait_ready(server)
     except BaseException as exc:

@@ -2,7 +2,8 @@
 
 Every update is idempotent: a shard is added to a stage's *set*, and counters move only when the
 shard was not there yet, so a redelivered task never counts twice. The job is finalised by the one
-aggregator that wins a SET NX lock, after every shard is either aggregated or failed.
+aggregator that wins a SET NX lock, after every shard is either aggregated or failed; the lock
+expires, so a finaliser that dies mid-way does not leave the job unfinished for ever.
 """
 from __future__ import annotations
 
@@ -10,10 +11,11 @@ import json
 import logging
 import time
 from functools import lru_cache
+
 import redis
 
 from schemas import JobSpec, ShardSummary
-from schemas.fleet import Keys
+from schemas.fleet import Keys, finalise_timeout, redis_options
 from workers.manifest import build_manifest
 from workers.output import JobOutput
 
@@ -22,9 +24,8 @@ log = logging.getLogger(__name__)
 
 @lru_cache(maxsize=8)
 def connect(url: str) -> redis.Redis:
-    """One client per URL per process (redis-py pools connections and reconnects by itself)."""
-    return redis.Redis.from_url(url, socket_timeout=30, socket_connect_timeout=10, health_check_interval=30,
-                                retry_on_timeout=True)
+    """One client per URL per process (redis-py pools connections, reconnects and retries by itself)."""
+    return redis.Redis.from_url(url, **redis_options())
 
 
 class FleetJob:
@@ -64,8 +65,8 @@ class FleetJob:
         """Mark the stage done for the shard; True when this call was the first to do so."""
         first = bool(self.db.sadd(self.keys.stage[stage], index))
         pipe = self.db.pipeline()
+        pipe.hdel(self.keys.running, str(index))  # in flight again only when the next stage starts
         if stage == "aggregate":
-            pipe.hdel(self.keys.running, str(index))
             pipe.hdel(self.keys.failed, str(index))
             if first and summary is not None:
                 pipe.hincrby(self.keys.counters, "candidates", summary.candidates)
@@ -93,8 +94,15 @@ class FleetJob:
         return done + failed >= total
 
     def finalise_once(self) -> str | None:
-        """Assemble the output if every shard is settled and no other aggregator has; the location or None."""
-        if not self.complete() or not self.db.set(self.keys.finalising, "1", nx=True):
+        """Assemble the output if every shard is settled and no other aggregator has; the location or None.
+
+        The parts are dropped only after the job is marked finished, so a finaliser killed at any point
+        leaves either the parts (and the job running, finalised again once the lock expires or on
+        `producer resume`) or a finished job.
+        """
+        if not self.complete() or not self.db.set(self.keys.finalising, "1", nx=True, ex=finalise_timeout()):
+            return None
+        if self.field("status") != "running":  # finalised before (the lock expired since), or cancelled
             return None
         try:
             spec = self.spec
@@ -106,12 +114,14 @@ class FleetJob:
                                       bad_rows=json.loads(self.field("bad_rows") or "[]"),
                                       started=float(self.field("created") or time.time()), finished=time.time(),
                                       failed=failed)
-            location = output.finalise(manifest, keep_parts=bool(failed))
+            location = output.finalise(manifest, keep_parts=True)
+            self.db.hset(self.keys.job, mapping={"status": "partial" if failed else "done", "finished": time.time(),
+                                                 "output": location})
         except BaseException:
             self.db.delete(self.keys.finalising)  # let the next aggregator try again
             raise
-        self.db.hset(self.keys.job, mapping={"status": "partial" if failed else "done", "finished": time.time(),
-                                             "output": location})
+        if not failed:  # a partial job keeps its parts, so that resuming it can assemble the whole output
+            output.drop_parts()
         log.info("job %s finalised: %s%s", self.id, location, f" ({len(failed)} shards failed)" if failed else "")
         return location
 

@@ -100,6 +100,9 @@ class JobOutput:
     def read_stage(self, stage: str, index: int) -> str:
         return self.storage.read(self._stage(stage, index)).decode()
 
+    def has_stage(self, stage: str, index: int) -> bool:
+        return self.storage.exists(self._stage(stage, index))
+
     def summaries(self) -> list[ShardSummary]:
         return sorted((ShardSummary.model_validate_json(self.storage.read(k))
                        for k in self.storage.list(self.parts) if k.endswith(".done.json")), key=lambda s: s.index)
@@ -112,5 +115,8 @@ class JobOutput:
         self.storage.concat((self._part(s.index) for s in self.summaries()), self.final)
         self.storage.write(self.manifest, (json.dumps(manifest, indent=1, ensure_ascii=False) + "\n").encode())
         if not keep_parts:
-            self.storage.delete_prefix(self.parts)
+            self.drop_parts()
         return self.location
+
+    def drop_parts(self) -> None:
+        self.storage.delete_prefix(self.parts)

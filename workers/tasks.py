@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
 
 from celery import Task
 
 from schemas import GeneratedShard, JobSpec, PromptShard
 from schemas.errors import PermanentError
-from schemas.fleet import (QUEUE_AGGREGATE, QUEUE_SCORE, TASK_AGGREGATE, TASK_GENERATE, TASK_OPEN, TASK_SCORE,
-                           max_attempts, state_url)
+from schemas.fleet import (QUEUE_AGGREGATE, QUEUE_SCORE, TASK_AGGREGATE, TASK_FINALISE, TASK_GENERATE, TASK_OPEN,
+                           TASK_SCORE, max_attempts, state_url)
 from workers.aggregate import shard_rows, summarise
 from workers.app import app
 from workers.engines import Engine
@@ -62,10 +61,12 @@ class ShardTask(Task):
     Bad input or configuration (PermanentError) is never retried: the shard is marked failed with its
     error at once. Anything else is retried with exponential backoff up to SAMPLEFLEET_MAX_ATTEMPTS
     attempts, then marked failed. A shard whose worker keeps dying (delivered more than twice that many
-    times) is failed as a poison shard. A failed shard never blocks the job: it ends as partial.
+    times) is failed as a poison shard. A failed shard never blocks the job: it ends as partial. The
+    failure names the shard's prompts (their dataset rows) when the task has them.
     """
 
     acks_late = True
+    ignore_result = True
     autoretry_for = (Exception,)
     dont_autoretry_for = (PermanentError,)
     retry_backoff = 2
@@ -89,13 +90,16 @@ class ShardTask(Task):
         if deliveries > 2 * max_attempts():
             raise PermanentError(f"shard {index}: {self.stage} delivered {deliveries} times without finishing "
                                  "(its worker was lost each time: a poison shard?)")
-        job.started(self.stage, index, socket.gethostname())
+        job.started(self.stage, index, self.request.hostname or "?")
         return job
 
     def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:
         job_id, index = args[0], args[1]
         job = self.job(job_id)
-        job.failed(index, f"{self.stage}: {type(exc).__name__}: {exc}")
+        rows = ""
+        if len(args) > 2:  # generate carries its prompts
+            rows = " [rows: " + "; ".join(p.source for p in PromptShard.model_validate_json(args[2]).prompts) + "]"
+        job.failed(index, f"{self.stage}: {type(exc).__name__}: {exc}{rows}")
         log.error("job %s shard %d failed in %s: %s", job_id, index, self.stage, exc)
         job.finalise_once()
 
@@ -112,10 +116,14 @@ def generate(self: ShardTask, job_id: str, index: int, shard_json: str) -> None:
     if job is None:
         return
     spec = job.spec
-    engine = engine_for(spec)
-    job.record_engine(engine.describe())
-    generated = generate_shard(engine, spec, PromptShard.model_validate_json(shard_json))
-    JobOutput(spec).write_stage("generated", index, generated.model_dump_json())
+    output = JobOutput(spec)
+    if output.has_stage("generated", index):  # a redelivery, or a resumed job: same prompts, same seed
+        log.info("job %s shard %d: candidates already in storage, not generated again", job_id, index)
+    else:
+        engine = engine_for(spec)
+        job.record_engine(engine.describe())
+        output.write_stage("generated", index,
+                           generate_shard(engine, spec, PromptShard.model_validate_json(shard_json)).model_dump_json())
     job.stage_done("generate", index)
     if spec.scored:
         score.apply_async((job_id, index), queue=QUEUE_SCORE)
@@ -149,3 +157,10 @@ def aggregate(self: ShardTask, job_id: str, index: int) -> None:
     output.write_shard(rows, summary)
     job.stage_done("aggregate", index, summary)
     job.finalise_once()
+
+
+@app.task(name=TASK_FINALISE, acks_late=True, ignore_result=True, autoretry_for=(Exception,), max_retries=5,
+          retry_backoff=2)
+def finalise(job_id: str) -> None:
+    """Assemble a job whose shards are all settled but whose finaliser died (sent by `producer resume`)."""
+    FleetJob(connect(state_url()), job_id).finalise_once()

@@ -1,0 +1,253 @@
+"""Faults injected for real into a running fleet: workers killed (SIGKILL, SIGTERM) mid-shard, Redis
+restarted with and without persistence, S3 stopped, a poison shard, redelivered messages, racing
+finalisers. Every job must end with exactly the rows of an undisturbed run: none lost, none doubled.
+
+The generator is the `simulated` engine (deterministic candidates per shard seed, a sleep instead of a
+model), so that workers can be killed and replaced many times in a few seconds; the pipeline around it
+(Celery, Redis, storage, scoring plug-in, aggregation, finalisation) is the real one. The model's own
+fleet runs are in test_fleet.py. ``SAMPLEFLEET_FAULT_TRIALS`` sets the kill trials of the slow soak;
+``SAMPLEFLEET_FAULT_LOG`` (a path) collects one JSON line per trial for RELIABILITY.md.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import redis
+
+from conftest import OFFLINE, ROOT, run_producer, write_jsonl
+from fleetkit import RedisServer, Workers, fleet_env, run_cli
+from schemas.fleet import Keys
+
+SLOW_DIGIT_PLUGIN = '''
+import time
+
+from workers.scoring import ORM, orms
+
+
+class SlowHasDigit(ORM):
+    """Passes a candidate with a digit; takes 0.3 s a shard, so that a scorer can be killed mid-shard."""
+
+    needs_ground_truth = False
+
+    def __call__(self, infer_requests, ground_truths, **kwargs):
+        time.sleep(0.3)
+        return [float(any(ch.isdigit() for ch in r.messages[-1]["content"])) for r in infer_requests]
+
+
+orms["slow_digit"] = SlowHasDigit
+'''
+SHARDS = 12
+ROLES = {"generate": "generate", "score": "score", "aggregate": "aggregate,control"}
+
+
+def job_args(shard_seconds: float = 0.4, **engine: object) -> list[str]:
+    return ["--model", "sim", "--sampler_engine", "simulated", "--num_return_sequences", "3",
+            "--max_new_tokens", "16", "--shard_size", "2", "--seed", "5", "--orm_model", "slow_digit",
+            "--external_plugins", "slow_digit.py", "--n_best_to_keep", "2",
+            "--engine_kwargs", json.dumps({"shard_seconds": shard_seconds, **engine})]
+
+
+@pytest.fixture
+def job_dir(tmp_path: Path) -> Path:
+    """A dataset of 2 x SHARDS prompts, the plug-in, and the reference output of an undisturbed local run."""
+    write_jsonl(tmp_path / "data.jsonl", [{"query": f"What is {i}+{i + 1}?", "response": str(2 * i + 1)}
+                                          for i in range(2 * SHARDS)])
+    (tmp_path / "slow_digit.py").write_text(SLOW_DIGIT_PLUGIN)
+    local = run_producer("data.jsonl", *job_args(0), "--output_file", "reference.jsonl", cwd=tmp_path)
+    assert local.returncode == 0, local.stderr[-2000:]
+    return tmp_path
+
+
+def reference(job_dir: Path) -> list[str]:
+    return (job_dir / "sample_output" / "reference.jsonl").read_text().splitlines()
+
+
+def tally(job_dir: Path, name: str, fault: str, **extra: object) -> dict:
+    """Rows expected / written / lost / duplicated (as whole lines), and the manifest's counts."""
+    expected = Counter(reference(job_dir))
+    path = job_dir / "sample_output" / name
+    written = Counter(path.read_text().splitlines()) if path.exists() else Counter()
+    manifest_path = path.with_name(name.removesuffix(".jsonl") + ".manifest.json")
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
+    result = {"fault": fault, "expected": sum(expected.values()), "written": sum(written.values()),
+              "lost": sum((expected - written).values()), "duplicated": sum((written - expected).values()),
+              "manifest_rows": manifest.get("counts", {}).get("rows"), "status": manifest.get("status"), **extra}
+    if os.environ.get("SAMPLEFLEET_FAULT_LOG"):
+        with open(os.environ["SAMPLEFLEET_FAULT_LOG"], "a") as log:
+            log.write(json.dumps(result) + "\n")
+    return result
+
+
+def assert_exact(result: dict) -> None:
+    assert result["lost"] == 0 and result["duplicated"] == 0, result
+    assert result["written"] == result["expected"] == result["manifest_rows"] and result["status"] == "done", result
+
+
+def submit(broker: str, job_dir: Path, name: str, *extra: str, shard_seconds: float = 0.4,
+           engine: dict | None = None, wait: bool = False, **env: str):
+    proc = run_cli("submit", "data.jsonl", *job_args(shard_seconds, **(engine or {})), *extra, "--output_file", name,
+                   "--no_progress",
+                   *(["--wait"] if wait else []), broker=broker, cwd=job_dir, **env)
+    assert wait or proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def wait_job(broker: str, job_dir: Path, job_id: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return run_cli("wait", job_id, "--no_progress", broker=broker, cwd=job_dir, timeout=timeout)
+
+
+def start_pool(workers: Workers, generators: int = 2, **env: str) -> None:
+    for stage, queues in ROLES.items():
+        for _ in range(generators if stage == "generate" else 1):
+            workers.start(queues, wait=False, **env)
+    for worker in workers.started:
+        workers.wait_ready(worker)
+
+
+def until(predicate, timeout: float = 60, every: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise TimeoutError(f"condition not met within {timeout}s")
+
+
+# --- 1. workers killed ------------------------------------------------------------------------------------
+
+FAST_RECOVERY = {"SAMPLEFLEET_VISIBILITY_TIMEOUT": "3"}  # a killed solo worker's shard comes back in ~3-13 s
+
+
+def kill_trial(job_dir: Path, redis_url: str, workers: Workers, trial: int) -> dict:
+    """SIGKILL a generator, a scorer and an aggregator (plus one more at random), each at a random point,
+    while it holds a shard when it can be caught doing so; a replacement starts at once."""
+    rng = random.Random(trial)
+    start_pool(workers, **FAST_RECOVERY)
+    name = f"kill-{trial}.jsonl"
+    job_id = submit(redis_url, job_dir, name, shard_seconds=1.0).stdout.split()[0]
+    db, keys = redis.Redis.from_url(redis_url), Keys(job_id)
+    plan = ["generate", "score", "aggregate"]
+    rng.shuffle(plan)
+    plan.append(rng.choice(plan))
+    kills = []
+    for stage in plan:
+        time.sleep(rng.uniform(0, 0.6))
+
+        def holder():
+            for index, raw in db.hgetall(keys.running).items():
+                info = json.loads(raw)
+                worker = workers.by_name(info["worker"])
+                if info["stage"] == stage and worker and worker.proc.poll() is None:
+                    return index, worker
+            return None
+
+        try:
+            index, victim = until(holder, timeout=8, every=0.01)
+        except TimeoutError:  # nothing of this stage in flight now: kill one of its workers anyway
+            index = None
+            victim = rng.choice([w for w in workers.started if w.queues == ROLES[stage] and w.proc.poll() is None])
+        victim.kill()
+        mid_task = index is not None and json.loads(db.hget(keys.running, index) or b"{}").get("worker") == victim.name
+        kills.append({"stage": stage, "mid_task": mid_task})
+        workers.replace(victim, wait=False)
+    waited = wait_job(redis_url, job_dir, job_id)
+    assert waited.returncode == 0, waited.stdout + waited.stderr
+    return tally(job_dir, name, "SIGKILL generator/scorer/aggregator", trial=trial, kills=kills)
+
+
+@pytest.mark.parametrize("trial", [1, 2])
+def test_killed_workers_lose_and_double_nothing(job_dir, redis_server, workers, trial):
+    result = kill_trial(job_dir, redis_server.url, workers, trial)
+    assert_exact(result)
+    assert any(k["mid_task"] for k in result["kills"]), result["kills"]
+
+
+@pytest.mark.slow
+def test_kill_soak(job_dir, redis_server, tmp_path):
+    """Many kill trials on one Redis (SAMPLEFLEET_FAULT_TRIALS, default 10); every one exact."""
+    for trial in range(100, 100 + int(os.environ.get("SAMPLEFLEET_FAULT_TRIALS", 10))):
+        pool = Workers(redis_server.url, tmp_path / f"logs-{trial}")
+        pool.logdir.mkdir()
+        try:
+            assert_exact(kill_trial(job_dir, redis_server.url, pool, trial))
+        finally:
+            pool.stop_all()
+
+
+def test_sigterm_lets_the_shard_in_flight_finish(job_dir, redis_server, workers):
+    """Warm shutdown: the generator finishes the shard it holds, then exits; a replacement does the rest."""
+    start_pool(workers, generators=1)
+    job_id = submit(redis_server.url, job_dir, "term.jsonl", shard_seconds=1.5).stdout.split()[0]
+    db, keys = redis.Redis.from_url(redis_server.url), Keys(job_id)
+    generator = workers.started[0]
+    until(lambda: any(json.loads(v)["stage"] == "generate" for v in db.hgetall(keys.running).values()))
+    generator.proc.send_signal(signal.SIGTERM)
+    assert generator.proc.wait(60) == 0
+    log = generator.log.read_text()
+    assert "samplefleet.generate" in log and "succeeded" in log, log[-2000:]
+    assert db.scard(keys.stage["generate"]) == 1  # the shard it held was finished, not dropped
+    workers.replace(generator)
+    assert wait_job(redis_server.url, job_dir, job_id).returncode == 0
+    assert_exact(tally(job_dir, "term.jsonl", "SIGTERM generator mid-shard"))
+
+
+# --- 2. Redis restarted -------------------------------------------------------------------------------------
+
+def test_redis_restart_with_aof_loses_and_doubles_nothing(job_dir, tmp_path):
+    server = RedisServer(tmp_path / "aof", appendonly=True).start()
+    pool = Workers(server.url, tmp_path)
+    try:
+        start_pool(pool)
+        producer = subprocess.Popen([sys.executable, "-m", "producer", "submit", "data.jsonl", *job_args(),
+                                     "--output_file", "aof.jsonl", "--no_progress", "--wait"], cwd=job_dir,
+                                    env=fleet_env(server.url), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    text=True)
+        db = redis.Redis.from_url(server.url)
+        job_id = until(lambda: db.zrange(Keys.jobs, 0, 0), timeout=60)[0].decode()
+        until(lambda: db.scard(Keys(job_id).stage["aggregate"]) >= 2, timeout=60)
+        server.stop()  # mid-job: shards in every stage, the producer waiting
+        time.sleep(3)
+        server.start()
+        out, err = producer.communicate(timeout=300)
+        assert producer.returncode == 0, err[-3000:]
+        assert_exact(tally(job_dir, "aof.jsonl", "Redis restarted (AOF on)"))
+    finally:
+        pool.stop_all()
+        server.stop()
+
+
+def test_redis_restart_without_persistence_then_resubmit_keeps_finished_shards(job_dir, tmp_path):
+    """Redis comes back empty: the job is gone, the storage is not. Submitting it again with --resume
+    redoes only what is missing: finished shards are kept, generated candidates are not generated again."""
+    server = RedisServer(tmp_path / "volatile").start()
+    pool = Workers(server.url, tmp_path)
+    try:
+        start_pool(pool, generators=1)
+        first = submit(server.url, job_dir, "vol.jsonl")
+        db = redis.Redis.from_url(server.url)
+        keys = Keys(first.stdout.split()[0])
+        until(lambda: db.scard(keys.stage["aggregate"]) >= 3, timeout=60)
+        server.restart()  # no AOF: every key and queued message is lost
+        lost = wait_job(server.url, job_dir, first.stdout.split()[0])
+        assert lost.returncode == 2 and "--resume true" in lost.stderr
+        again = submit(server.url, job_dir, "vol.jsonl", "--resume", "true", wait=True)
+        assert again.returncode == 0, again.stderr[-3000:]
+        reused = sum(w.log.read_text().count("not generated again") for w in pool.started)
+        assert_exact(tally(job_dir, "vol.jsonl", "Redis restarted (no persistence) + resubmit --resume",
+                           reused_generations=reused))
+        sent_again = db.scard(Keys(again.stdout.split()[0]).stage["generate"])
+        assert sent_again <= SHARDS - 3  # the shards aggregated before the restart were not sent again
+    finally:
+        pool.stop_all()
+        server.stop()
