@@ -602,6 +602,25 @@ def held(lock: Path | None):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+LOCK_GAP = 10.0   # seconds between rounds with --lock: flock is not fair, and others waiting for it get their turn
+
+
+def appended(doc: dict, old: dict) -> tuple[dict, int]:
+    """``old`` results continued by this invocation, and the number of its first new round; refuses other settings
+    (another job would be compared)."""
+    same = ("n", "max_new", "prompts", "variants")
+    if any(old["settings"].get(k) != doc["settings"][k] for k in same):
+        sys.exit(f"--append: the existing results were run with other settings "
+                 f"({ {k: old['settings'].get(k) for k in same} }); rerun without --append")
+    first = max((r["round"] for r in old["runs"] if not r["warmup"]), default=0) + 1
+    argv = old.get("runner_argv") or []
+    old.update(runner_argv=(argv if argv and isinstance(argv[0], list) else [argv]) + doc["runner_argv"],
+               finished_utc=None, appended_utc=old.get("appended_utc", []) + [utc()],
+               machine_appended=old.get("machine_appended", []) + [doc["machine"]])
+    old["settings"]["repeats"] = first - 1 + doc["settings"]["repeats"]
+    return old, first
+
+
 # --------------------------------------------------------------------------------------------- main
 
 def run_variant(v: Variant, ctx: Ctx, rnd: int, warm: bool, exp: Experiment, doc: dict, json_path: Path) -> None:
@@ -634,6 +653,8 @@ def main() -> int:
                     help="first K prompts of bench20.jsonl (env PROMPTS, 20 = all)")
     ap.add_argument("--only", action="append", default=[], help="comma-separated variant names (repeatable)")
     ap.add_argument("--lock", type=Path, help="hold this flock (e.g. /tmp/samplefleet-cpu.lock) for each round")
+    ap.add_argument("--append", action="store_true",
+                    help="add these rounds to the existing results of the same settings (a round per command)")
     ap.add_argument("--results-dir", type=Path, default=BENCH / "results")
     ap.add_argument("--out-dir", type=Path, default=BENCH / "out")
     a = ap.parse_args()
@@ -678,11 +699,17 @@ def main() -> int:
                         "order": "interleaved: each round runs every variant once, in the listed order",
                         "measurement": "/usr/bin/time -v (wall clock, max RSS of the command's process tree); "
                                        "perf_counter wall around the subprocess kept as wall_s_perf"},
-           "runner_argv": sys.argv, "machine": machine_info(), "runs": []}
+           "runner_argv": [sys.argv], "machine": machine_info(), "runs": []}
+    first = 1
+    if a.append and json_path.exists():
+        doc, first = appended(doc, json.loads(json_path.read_text()))
     print(f"{a.experiment}: {len(variants)} variants x ({a.warmup} warm-up + {a.repeats}) rounds, N={a.n} "
           f"MAX_NEW={a.max_new} prompts={a.prompts}; results -> {json_path}", flush=True)
-    plan = [(rnd, True) for rnd in range(1, a.warmup + 1)] + [(rnd, False) for rnd in range(1, a.repeats + 1)]
-    for rnd, warm in plan:
+    plan = [(rnd, True) for rnd in range(1, a.warmup + 1)] + \
+        [(rnd, False) for rnd in range(first, first + a.repeats)]
+    for i, (rnd, warm) in enumerate(plan):
+        if i and a.lock:
+            time.sleep(LOCK_GAP)
         with held(a.lock):
             for v in variants:
                 run_variant(v, ctx, rnd, warm, exp, doc, json_path)
