@@ -9,6 +9,7 @@ import sys
 from producer.options import add_job_options, spec_from_args
 from producer.submit import run_local
 from schemas.errors import ConfigError, SampleFleetError
+from schemas.fleet import tls_options
 
 log = logging.getLogger("producer")
 
@@ -81,6 +82,7 @@ def _fleet(args: argparse.Namespace):
     if args.broker.split("://", 1)[0] not in ("redis", "rediss", "unix"):
         raise ConfigError(f"--broker {redact(args.broker)}: not a Redis URL; expected redis://, rediss:// or unix://")
     try:
+        tls_options(args.broker)  # a bad ssl_cert_reqs fails here, not when the first task is sent
         return Fleet(args.broker)
     except ValueError as exc:  # redis-py's URL parsing: a bad port, a bad query option
         raise ConfigError(f"--broker {redact(args.broker)}: {exc}") from None

@@ -80,7 +80,31 @@ def finalise_timeout() -> int:
     return _env_int("SAMPLEFLEET_FINALISE_TIMEOUT", 1800)
 
 
-def celery_settings() -> dict[str, Any]:
+def tls_options(url: str) -> dict[str, Any] | None:
+    """Celery's ``broker_use_ssl`` / ``redis_backend_use_ssl`` for a ``rediss://`` URL, None for any other.
+
+    The URL is the one place TLS is configured (``ssl_cert_reqs``, ``ssl_ca_certs``, ``ssl_certfile``,
+    ``ssl_keyfile`` in its query), read by redis-py for job state and by Celery through these settings.
+    The server's certificate is verified unless the URL says ``ssl_cert_reqs=none``: without the settings,
+    kombu would connect unverified and Celery's result backend would refuse a URL with no ``ssl_cert_reqs``.
+    """
+    import ssl
+    from urllib.parse import parse_qs, urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme != "rediss":
+        return None
+    query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    reqs = query.get("ssl_cert_reqs", "required").lower().removeprefix("cert_")
+    modes = {"required": ssl.CERT_REQUIRED, "optional": ssl.CERT_OPTIONAL, "none": ssl.CERT_NONE}
+    if reqs not in modes:
+        raise ValueError(f"ssl_cert_reqs={query['ssl_cert_reqs']!r} in a rediss:// URL: expected required, "
+                         "optional or none")
+    return {"ssl_cert_reqs": modes[reqs],
+            **{k: query[k] for k in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile") if query.get(k)}}
+
+
+def celery_settings(broker: str | None = None, result: str | None = None) -> dict[str, Any]:
     """Settings for the workers and for the producer's sending client. Why each is what it is:
 
     - JSON only: nothing on the wire can run code when it is loaded (pickle is refused).
@@ -98,12 +122,19 @@ def celery_settings() -> dict[str, Any]:
     - running tasks are not cancelled when the broker connection drops: the shard's result is still
       written (and reused by the redelivered task), rather than thrown away.
     - stage tasks store no results (``ignore_result`` on the task): job state lives in our own keys.
+    - TLS (``rediss://``): verified against the URL's ``ssl_ca_certs`` (else the system's CAs); see ``tls_options``.
+
+    ``broker`` / ``result``: the URLs to use (default: from the environment).
     """
+    broker = broker or broker_url()
+    result = result or os.environ.get("SAMPLEFLEET_RESULT_URL", broker)
     visibility = _env_int("SAMPLEFLEET_VISIBILITY_TIMEOUT", 6 * 3600)
     transport = {"visibility_timeout": visibility, "fanout_prefix": True, "fanout_patterns": True}
     return {
-        "broker_url": broker_url(),
-        "result_backend": os.environ.get("SAMPLEFLEET_RESULT_URL", broker_url()),
+        "broker_url": broker,
+        "result_backend": result,
+        "broker_use_ssl": tls_options(broker),
+        "redis_backend_use_ssl": tls_options(result),
         "task_serializer": "json",
         "result_serializer": "json",
         "accept_content": ["json"],

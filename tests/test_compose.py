@@ -97,3 +97,15 @@ def test_docker_compose_config_accepts_the_file():
     env = {**os.environ, "REDIS_PASSWORD": "x", "FLOWER_USER": "u", "FLOWER_PASSWORD": "p", "S3_ACCESS_KEY": "a",
            "S3_SECRET_KEY": "s"}
     subprocess.run(["docker-compose", "-f", str(ROOT / "docker-compose.yml"), "config", "-q"], check=True, env=env)
+
+
+def test_no_credential_is_written_in_the_file():
+    """Every password and key comes from the environment (or an .env file beside it), none from the file."""
+    reference = re.compile(r"^\$\{[A-Z0-9_]+:\?[^}]+\}$")
+    for name, service in SERVICES.items():
+        for key, value in (service.get("environment") or {}).items():
+            if re.search(r"PASSWORD|SECRET|ACCESS_KEY", key):
+                assert reference.match(str(value)), f"{name}: {key} must be ${{VAR:?...}}, not a value"
+    command = SERVICES["redis"]["command"]
+    assert reference.match(command[command.index("--requirepass") + 1])
+    assert re.search(r"^redis://:\$\{REDIS_PASSWORD:\?[^}]+\}@", SERVICES["generator"]["environment"]["SAMPLEFLEET_BROKER_URL"])

@@ -4,10 +4,51 @@ One builder for the embedded run and the fleet, so both report the same fields.
 """
 from __future__ import annotations
 
+import re
 from datetime import datetime, timezone
 from typing import Any
 
 from schemas import JobSpec, ShardSummary
+
+MASK = "***"
+# Option names that hold a credential (split at _ - .): engine_kwargs such as token, hf_token, api_key.
+_SECRET_WORDS = {"key", "apikey", "token", "secret", "password", "passwd", "pwd", "credential", "credentials",
+                 "auth", "authorization"}
+_URL_PASSWORD = re.compile(r"(?<=://)([^/@:\s]*):[^/@\s]+@")
+
+
+def _secret_name(name: str) -> bool:
+    parts = re.split(r"[_\-.]", name.lower())
+    return parts[-1] != "env" and bool(_SECRET_WORDS & set(parts))  # api_key_env names a variable
+
+
+def _mask_kwargs(value: Any) -> Any:
+    """Engine options with the values of credential-named keys replaced, at any depth."""
+    if isinstance(value, dict):
+        return {k: MASK if _secret_name(str(k)) and value[k] not in (None, "") else _mask_kwargs(v)
+                for k, v in value.items()}
+    if isinstance(value, list):
+        return [_mask_kwargs(v) for v in value]
+    return value
+
+
+def _mask_urls(value: Any) -> Any:
+    """Passwords inside URLs (``http://user:pass@host``) replaced, in every string at any depth."""
+    if isinstance(value, dict):
+        return {k: _mask_urls(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_mask_urls(v) for v in value]
+    return _URL_PASSWORD.sub(rf"\1:{MASK}@", value) if isinstance(value, str) else value
+
+
+def masked_spec(spec: JobSpec) -> dict[str, Any]:
+    """The spec as the manifest shows it: a manifest is shared with the data, the credentials are not.
+
+    ``--engine_kwargs`` values under credential names (token, api_key, password, ...) and passwords in
+    URLs (``--base_url``) become ``***``; workers still get the real values through the job record.
+    """
+    dump = spec.model_dump(mode="json")
+    return _mask_urls({**dump, "engine_kwargs": _mask_kwargs(dump["engine_kwargs"])})
 
 
 def _iso(ts: float) -> str:
@@ -24,8 +65,8 @@ def build_manifest(spec: JobSpec, summaries: list[ShardSummary], *, job_id: str,
     return {
         "job_id": job_id,
         "status": "partial" if failed else "done",
-        "spec": spec.model_dump(mode="json"),
-        "engine": engine,
+        "spec": masked_spec(spec),
+        "engine": _mask_urls(engine),
         "counts": {
             "planned_prompts": planned_prompts,
             "prompts": sum(s.prompts for s in summaries),
