@@ -112,8 +112,9 @@ def celery_settings(broker: str | None = None, result: str | None = None) -> dic
       dies mid-shard hands it back instead of losing it; writes are idempotent, so a rerun is safe.
     - prefetch 1: a GPU worker holds one shard at a time; others are not stuck behind it.
     - visibility_timeout: with Redis an unacknowledged message is redelivered after this many seconds,
-      so it must exceed the longest shard (default 6 h), or a slow shard would run twice. The same on
-      the result backend. Shorten it (SAMPLEFLEET_VISIBILITY_TIMEOUT) to recover killed workers sooner.
+      so it must exceed the longest shard (default 6 h), or a slow shard would run twice (harmless, but
+      wasted work). The same on the result backend. Shorten it (SAMPLEFLEET_VISIBILITY_TIMEOUT) to
+      recover killed workers sooner.
     - soft shutdown: on SIGTERM a worker gets SAMPLEFLEET_SOFT_SHUTDOWN seconds to finish its shard
       before the shard is handed back.
     - events on: Flower shows tasks live.
@@ -129,7 +130,10 @@ def celery_settings(broker: str | None = None, result: str | None = None) -> dic
     broker = broker or broker_url()
     result = result or os.environ.get("SAMPLEFLEET_RESULT_URL", broker)
     visibility = _env_int("SAMPLEFLEET_VISIBILITY_TIMEOUT", 6 * 3600)
-    transport = {"visibility_timeout": visibility, "fanout_prefix": True, "fanout_patterns": True}
+    # kombu looks for expired unacknowledged messages every interval x throttle seconds (default 100 s):
+    # sweep at a third of the timeout (at most every 10 s), so a killed worker's shard is back soon after.
+    transport = {"visibility_timeout": visibility, "fanout_prefix": True, "fanout_patterns": True,
+                 "unacked_restore_interval": max(1, min(10, visibility // 3)), "unacked_restore_throttle": 1}
     return {
         "broker_url": broker,
         "result_backend": result,

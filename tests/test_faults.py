@@ -251,3 +251,175 @@ def test_redis_restart_without_persistence_then_resubmit_keeps_finished_shards(j
     finally:
         pool.stop_all()
         server.stop()
+
+
+# --- 3. storage faults ----------------------------------------------------------------------------------------
+
+@pytest.fixture
+def own_s3():
+    """A SeaweedFS server of this test's own: it is stopped and restarted mid-job."""
+    from s3server import start_seaweedfs
+
+    server = start_seaweedfs()
+    yield server
+    server.stop()
+
+
+def s3_lines(server, bucket: str, key: str) -> list[str]:
+    return server.client().get_object(Bucket=bucket, Key=key)["Body"].read().decode().splitlines()
+
+
+def test_s3_outage_is_ridden_out_by_retries_with_backoff(job_dir, redis_server, workers, own_s3):
+    bucket = own_s3.bucket()
+    start_pool(workers, generators=1, **own_s3.env())
+    job_id = submit(redis_server.url, job_dir, "s3.jsonl", "--output_dir", f"s3://{bucket}/run",
+                    **own_s3.env()).stdout.split()[0]
+    db, keys = redis.Redis.from_url(redis_server.url), Keys(job_id)
+    until(lambda: db.scard(keys.stage["aggregate"]) >= 1)
+    own_s3.halt()
+    time.sleep(5)
+    own_s3.restart()
+    waited = wait_job(redis_server.url, job_dir, job_id)
+    assert waited.returncode == 0, waited.stdout + waited.stderr
+    written = Counter(s3_lines(own_s3, bucket, "run/s3.jsonl"))
+    expected = Counter(reference(job_dir))
+    assert written == expected
+    retried = sum(w.log.read_text().count("Retry in") for w in workers.started)
+    tally_counts("S3 stopped 5 s mid-job", expected, written, task_retries=retried)
+
+
+def tally_counts(fault: str, expected: Counter, written: Counter, **extra: object) -> None:
+    """``tally`` for output that is not a local file."""
+    result = {"fault": fault, "expected": sum(expected.values()), "written": sum(written.values()),
+              "lost": sum((expected - written).values()), "duplicated": sum((written - expected).values()), **extra}
+    if os.environ.get("SAMPLEFLEET_FAULT_LOG"):
+        with open(os.environ["SAMPLEFLEET_FAULT_LOG"], "a") as log:
+            log.write(json.dumps(result) + "\n")
+
+
+def test_s3_write_that_keeps_failing_fails_its_shard_and_the_job_goes_on(job_dir, redis_server, workers, own_s3):
+    """S3 down for longer than the retry budget: the shards tried meanwhile fail with the S3 error, the
+    rest finish once it is back; the job ends partial, and `resume` then completes it exactly."""
+    bucket = own_s3.bucket()
+    env = {**own_s3.env(), "SAMPLEFLEET_S3_MAX_ATTEMPTS": "1", "SAMPLEFLEET_MAX_ATTEMPTS": "2"}
+    for stage, queues in ROLES.items():
+        workers.start(queues, wait=stage != "generate", **env)
+    job_id = submit(redis_server.url, job_dir, "s3f.jsonl", "--output_dir", f"s3://{bucket}/run",
+                    **env).stdout.split()[0]
+    db, keys = redis.Redis.from_url(redis_server.url), Keys(job_id)
+    own_s3.halt()
+    until(lambda: db.hlen(keys.failed) >= 1, timeout=120)
+    own_s3.restart()
+    waited = wait_job(redis_server.url, job_dir, job_id)
+    assert waited.returncode == 1 and "PARTIAL" in waited.stderr
+    failed = {int(k): v.decode() for k, v in db.hgetall(keys.failed).items()}
+    assert failed and all("s3://" in error or "S3" in error for error in failed.values()), failed
+    assert len(failed) < SHARDS and db.scard(keys.stage["aggregate"]) == SHARDS - len(failed)
+    manifest = json.loads(own_s3.client().get_object(Bucket=bucket, Key="run/s3f.manifest.json")["Body"].read())
+    assert manifest["status"] == "partial" and manifest["counts"]["shards_failed"] == len(failed)
+    resumed = run_cli("resume", job_id, "--wait", "--no_progress", broker=redis_server.url, cwd=job_dir, **env)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    expected, written = Counter(reference(job_dir)), Counter(s3_lines(own_s3, bucket, "run/s3f.jsonl"))
+    assert written == expected
+    tally_counts("S3 down past the retry budget, then resume", expected, written, shards_failed=len(failed))
+
+
+def test_local_write_that_keeps_failing_fails_that_shard_only(job_dir, redis_server, workers):
+    """A shard whose file cannot be written (a directory stands in its place) fails with the path in
+    the error after its retries; every other shard is written and the job ends partial."""
+    for stage, queues in ROLES.items():
+        if stage != "generate":
+            workers.start(queues, SAMPLEFLEET_MAX_ATTEMPTS="2")
+    job_id = submit(redis_server.url, job_dir, "blocked.jsonl", SAMPLEFLEET_MAX_ATTEMPTS="2").stdout.split()[0]
+    (job_dir / "sample_output" / ".blocked.jsonl.parts" / "generated" / "shard-000004.json").mkdir(parents=True)
+    workers.start("generate", SAMPLEFLEET_MAX_ATTEMPTS="2")
+    waited = wait_job(redis_server.url, job_dir, job_id)
+    assert waited.returncode == 1 and "PARTIAL" in waited.stderr
+    assert "shard 4 failed: generate:" in waited.stdout and "shard-000004.json" in waited.stdout
+    assert "data.jsonl line" in waited.stdout  # the failed shard names its rows
+    manifest = json.loads((job_dir / "sample_output" / "blocked.manifest.json").read_text())
+    assert list(manifest["failed_shards"]) == ["4"]
+    rows = (job_dir / "sample_output" / "blocked.jsonl").read_text().splitlines()
+    assert len(rows) == len(reference(job_dir)) - 2 * 2 and set(rows) <= set(reference(job_dir))
+
+
+# --- 4. poison shard --------------------------------------------------------------------------------------------
+
+def test_poison_shard_that_kills_its_worker_is_failed_after_bounded_deliveries(job_dir, redis_server, workers):
+    """A prompt that kills the generator process every time: the shard is delivered a bounded number of
+    times (a supervisor restarts the dead worker), then recorded as failed with its rows; the rest of the
+    job is not blocked and it ends partial."""
+    env = {**FAST_RECOVERY, "SAMPLEFLEET_MAX_ATTEMPTS": "1"}
+    for stage, queues in ROLES.items():
+        if stage != "generate":
+            workers.start(queues, **env)
+    job_id = submit(redis_server.url, job_dir, "poison.jsonl", engine={"exit_on": "What is 7+8?"},
+                    shard_seconds=0.1, **env).stdout.split()[0]
+    db, keys = redis.Redis.from_url(redis_server.url), Keys(job_id)
+    generator, deaths = workers.start("generate", **env), 0
+    while db.hget(keys.job, "status") == b"running":  # the supervisor: restart the generator when it dies
+        if generator.proc.poll() is not None:
+            deaths += 1
+            assert deaths < 6, "the poison shard was delivered without bound"
+            generator = workers.replace(generator)
+        time.sleep(0.2)
+    status = run_cli("status", job_id, broker=redis_server.url, cwd=job_dir)
+    assert "partial" in status.stdout and "failed 1" in status.stdout
+    assert "delivered 3 times" in status.stdout and "data.jsonl line 8" in status.stdout, status.stdout
+    rows = (job_dir / "sample_output" / "poison.jsonl").read_text().splitlines()
+    assert len(rows) == len(reference(job_dir)) - 2 * 2 and set(rows) <= set(reference(job_dir))
+    tally_counts("poison shard (kills its worker)", Counter(reference(job_dir)), Counter(rows), worker_deaths=deaths)
+
+
+# --- 5. idempotence -------------------------------------------------------------------------------------------
+
+def test_redelivery_after_visibility_timeout_doubles_nothing(job_dir, redis_server, workers):
+    """Shards outlast the visibility timeout, so Redis hands each to a second worker while the first still
+    runs it: both finish, the output has every row once."""
+    start_pool(workers, SAMPLEFLEET_VISIBILITY_TIMEOUT="1")
+    job_id = submit(redis_server.url, job_dir, "vis.jsonl", shard_seconds=3.0).stdout.split()[0]
+    assert wait_job(redis_server.url, job_dir, job_id).returncode == 0
+    time.sleep(3)  # let the late duplicates finish too
+    db = redis.Redis.from_url(redis_server.url)
+    deliveries = sum(int(v) for k, v in db.hgetall(Keys(job_id).deliveries).items() if k.startswith(b"generate:"))
+    result = tally(job_dir, "vis.jsonl", "visibility timeout expired mid-shard (redelivery)",
+                   generate_deliveries=deliveries)
+    assert_exact(result)
+    assert deliveries > SHARDS, "no shard was redelivered: the test did not test anything"
+
+
+def settled_unfinalised(broker: str, job_dir: Path, name: str) -> str:
+    """A job whose shards are all aggregated while a finaliser that died holds the lock."""
+    job_id = submit(broker, job_dir, name).stdout.split()[0]
+    db, keys = redis.Redis.from_url(broker), Keys(job_id)
+    db.set(keys.finalising, "1")  # set before the first shard is even scored (a shard takes 0.7 s)
+    until(lambda: db.scard(keys.stage["aggregate"]) == SHARDS)
+    time.sleep(1)
+    assert db.hget(keys.job, "status") == b"running"
+    return job_id
+
+
+def test_racing_finalisers_assemble_once(job_dir, redis_server, workers):
+    from workers.jobs import FleetJob
+
+    start_pool(workers)
+    job_id = settled_unfinalised(redis_server.url, job_dir, "race.jsonl")
+    db = redis.Redis.from_url(redis_server.url)
+    db.delete(Keys(job_id).finalising)
+    results: list[str | None] = []
+    racers = [threading.Thread(target=lambda: results.append(FleetJob(db, job_id).finalise_once()))
+              for _ in range(8)]
+    for racer in racers:
+        racer.start()
+    for racer in racers:
+        racer.join()
+    assert sum(r is not None for r in results) == 1, results
+    assert_exact(tally(job_dir, "race.jsonl", "8 finalisers racing"))
+
+
+def test_resume_finalises_a_job_whose_finaliser_died(job_dir, redis_server, workers):
+    start_pool(workers)
+    job_id = settled_unfinalised(redis_server.url, job_dir, "dead.jsonl")
+    resumed = run_cli("resume", job_id, "--wait", "--no_progress", broker=redis_server.url, cwd=job_dir)
+    assert resumed.returncode == 0 and "0 shards re-enqueued" in resumed.stdout, resumed.stdout + resumed.stderr
+    assert_exact(tally(job_dir, "dead.jsonl", "finaliser died holding the lock, then resume"))

@@ -70,7 +70,7 @@ class LocalStorage(Storage):
         return self._path(key).read_bytes()
 
     def exists(self, key: str) -> bool:
-        return self._path(key).exists()
+        return self._path(key).is_file()
 
     def list(self, prefix: str) -> list[str]:
         base = self._path(prefix)

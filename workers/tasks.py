@@ -96,12 +96,23 @@ class ShardTask(Task):
     def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:
         job_id, index = args[0], args[1]
         job = self.job(job_id)
-        rows = ""
-        if len(args) > 2:  # generate carries its prompts
-            rows = " [rows: " + "; ".join(p.source for p in PromptShard.model_validate_json(args[2]).prompts) + "]"
-        job.failed(index, f"{self.stage}: {type(exc).__name__}: {exc}{rows}")
+        job.failed(index, f"{self.stage}: {type(exc).__name__}: {exc}{_rows(job, index, args)}")
         log.error("job %s shard %d failed in %s: %s", job_id, index, self.stage, exc)
         job.finalise_once()
+
+
+def _rows(job: FleetJob, index: int, args: tuple) -> str:
+    """" [rows: ...]": where the failed shard's prompts came from, so the user can look at them."""
+    try:
+        if len(args) > 2:  # generate carries its prompts
+            prompts = PromptShard.model_validate_json(args[2]).prompts
+        else:
+            shard = GeneratedShard.model_validate_json(JobOutput(job.spec).read_stage("generated", index))
+            prompts = [g.prompt for g in shard.generations]
+    except Exception as exc:  # noqa: BLE001 - the failure itself is what matters; the rows are a courtesy
+        log.warning("job %s shard %d: cannot list its rows (%s)", job.id, index, exc)
+        return ""
+    return " [rows: " + "; ".join(p.source for p in prompts) + "]"
 
 
 @app.task(name=TASK_OPEN)
