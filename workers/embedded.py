@@ -52,7 +52,8 @@ def run_job(spec: JobSpec, shards: Iterable[PromptShard], *, job_id: str, planne
             output.write_shard(rows, summary)
             log.info("job %s shard %d: %d rows in %.1fs", shard.job_id, shard.index, len(rows), summary.seconds)
             on_shard(summary, False)
-        manifest = build_manifest(spec, output.summaries(), job_id=job_id, engine=engine.describe(),
+        summaries = output.summaries()
+        manifest = build_manifest(spec, summaries, job_id=job_id, engine=engine.describe(),
                                   planned_prompts=planned_prompts, bad_rows=bad_rows, started=started,
                                   finished=time.time(), load_seconds=loaded - started)
-    return output.finalise(manifest), manifest
+    return output.finalise(manifest, summaries=summaries), manifest

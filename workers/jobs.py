@@ -108,13 +108,14 @@ class FleetJob:
             spec = self.spec
             output = JobOutput(spec)
             failed = {int(k): v.decode() for k, v in self.db.hgetall(self.keys.failed).items()}
-            manifest = build_manifest(spec, output.summaries(), job_id=self.id,
+            summaries = output.summaries()
+            manifest = build_manifest(spec, summaries, job_id=self.id,
                                       engine=json.loads(self.field("engine") or "{}"),
                                       planned_prompts=int(self.field("prompts") or 0),
                                       bad_rows=json.loads(self.field("bad_rows") or "[]"),
                                       started=float(self.field("created") or time.time()), finished=time.time(),
                                       failed=failed)
-            location = output.finalise(manifest, keep_parts=True)
+            location = output.finalise(manifest, summaries=summaries, keep_parts=True)
             self.db.hset(self.keys.job, mapping={"status": "partial" if failed else "done", "finished": time.time(),
                                                  "output": location})
         except BaseException:
