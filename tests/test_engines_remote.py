@@ -120,6 +120,10 @@ def test_client_engine_against_vllm_serve(vllm_server):
     gens = engine.generate(prompts, SamplingParams(num_return_sequences=3, max_new_tokens=8), seed=0)
     assert [len(g.candidates) for g in gens] == [3, 3] and engine.honours_n
     assert all(1 <= c.tokens <= 8 for g in gens for c in g.candidates)
+    too_long = Prompt(id="x", row=2, source="t row 2", messages=[Message(role="user", content="word " * 900)])
+    kept, skipped = engine.generate([prompts[0], too_long], SamplingParams(num_return_sequences=1, max_new_tokens=2),
+                                    seed=0)
+    assert len(kept.candidates) == 1 and "refused this prompt: HTTP 400" in skipped.skipped  # the shard goes on
     wrong = ClientEngine("no-such-model", vllm_server, options={"max_retries": 0, "send_seed": False})
     with pytest.raises(PermanentError, match=r"t row 0: .* refused the request: HTTP 404"):
         wrong.generate(prompts[:1], SamplingParams(num_return_sequences=1, max_new_tokens=2), seed=0)

@@ -56,6 +56,13 @@ def candidate(choice: dict[str, Any], tokens: int, distill: bool) -> Candidate:
                      else "stop")
 
 
+PROMPT_REFUSALS = {400, 413, 422}  # about this request (too long, bad content); 401/403/404 are about the job
+
+
+class PromptRefused(PermanentError):
+    """The endpoint rejected one prompt: that prompt is skipped with the reason, the others go on."""
+
+
 class ClientEngine(Engine):
     name = "client"
 
@@ -94,7 +101,10 @@ class ClientEngine(Engine):
         async with httpx.AsyncClient(timeout=self.timeout, headers=self.headers) as http:
             async def one(i: int, prompt: Prompt) -> Generation:
                 async with limit:
-                    cands = await self._sample(http, prompt, params, seed + i * 1009)
+                    try:
+                        cands = await self._sample(http, prompt, params, seed + i * 1009)
+                    except PromptRefused as exc:  # e.g. longer than the served context: skip it, keep the shard
+                        return Generation(prompt=prompt, skipped=str(exc))
                 return Generation(prompt=prompt, candidates=cands)
 
             return list(await asyncio.gather(*(one(i, p) for i, p in enumerate(prompts))))
@@ -129,6 +139,8 @@ class ClientEngine(Engine):
                 if response.status_code == 200:
                     return response.json()
                 problem = f"HTTP {response.status_code}: {response.text[:300]}"
+                if response.status_code in PROMPT_REFUSALS:
+                    raise PromptRefused(f"{self.url} refused this prompt: {problem}")
                 if response.status_code != 429 and response.status_code < 500:
                     raise PermanentError(f"{prompt.source}: {self.url} refused the request: {problem}")
             if attempt < self.max_retries:
