@@ -142,4 +142,4 @@ class PromptStream:
             if prompt.row >= stop:
                 break
             if prompt.row >= start:
-                yield prompt.model_copy(update={"row": prompt.row - start})
+                yield prompt.model_copy(update={"row": prompt.row - start}) if start else prompt

@@ -126,12 +126,20 @@ class Fleet:
             result.backend = None
 
     def _enqueue(self, job_id: str, spec: JobSpec, stream: PromptStream, total: int, skip: set[int]) -> int:
+        """Send every shard not in ``skip``; how many were sent.
+
+        One producer for the whole loop, and ``ignore_result``: otherwise Celery subscribes to each task's
+        result channel as it sends it, a SUBSCRIBE per shard and a subscription list that grows with the
+        job (the stage tasks store no result; job state lives in our own keys).
+        """
         queue, sent = model_queue(spec.model), 0
-        for shard in cut_shards(stream.iterate(total), job_id, spec.shard_size):
-            if shard.index not in skip:
-                self.celery.send_task(TASK_GENERATE, args=[job_id, shard.index, shard.model_dump_json()], queue=queue,
-                                      argsrepr=f"({job_id!r}, {shard.index}, <{len(shard.prompts)} prompts>)")
-                sent += 1
+        with self.celery.producer_or_acquire() as producer:
+            for shard in cut_shards(stream.iterate(total), job_id, spec.shard_size):
+                if shard.index not in skip:
+                    self.celery.send_task(TASK_GENERATE, args=[job_id, shard.index, shard.model_dump_json()],
+                                          queue=queue, producer=producer, ignore_result=True,
+                                          argsrepr=f"({job_id!r}, {shard.index}, <{len(shard.prompts)} prompts>)")
+                    sent += 1
         return sent
 
     # --- inspect and steer -----------------------------------------------------------------------------------
