@@ -126,8 +126,11 @@ class TransformersEngine(Engine):
         rows = width = 0
         for i in sorted(todo, key=lambda j: len(encoded[j])):
             left = n
+            # one prompt's copies alone may exceed the token budget: split them too (at least one per batch)
+            fit = (max(1, self.max_batch_tokens // (len(encoded[i]) + params.max_new_tokens))
+                   if self.max_batch_tokens is not None else per_piece)
             while left:
-                copies = min(left, per_piece)
+                copies = min(left, per_piece, fit)
                 new_width = max(width, len(encoded[i])) + params.max_new_tokens
                 too_many = rows + copies > self.max_batch_size
                 too_big = self.max_batch_tokens is not None and (rows + copies) * new_width > self.max_batch_tokens
