@@ -5,7 +5,7 @@ applied by vLLM once per prompt, so its continuous batching keeps the batch full
 ``--engine_kwargs`` go to ``LLM(...)`` (tensor_parallel_size, gpu_memory_utilization, max_model_len,
 enforce_eager, ...). vLLM's CPU build crashes on a per-request seed, so there the seed is given to
 ``LLM`` once, and a run is reproducible for the same shards in the same order; on GPU each shard gets
-its own seed, like the transformers engine.
+its own seed per prompt (derived from the shard's seed, like the client engine).
 """
 from __future__ import annotations
 
@@ -88,7 +88,10 @@ class VLLMEngine(Engine):
 
         lengths = [self._length(p) for p in prompts]
         todo = [i for i, n in enumerate(lengths) if n < self.context]
-        sampling = VLLMSamplingParams(**sampling_kwargs(params, seed if self.per_request_seed else None))
+        if self.per_request_seed:  # each prompt its own seed, so duplicate prompts in a shard get other samples
+            sampling = [VLLMSamplingParams(**sampling_kwargs(params, seed + i * 1009)) for i in todo]
+        else:
+            sampling = VLLMSamplingParams(**sampling_kwargs(params, None))
         outputs = self.llm.chat([[m.model_dump() for m in prompts[i].messages] for i in todo], sampling,
                                 use_tqdm=False) if todo else []
         by_prompt = dict(zip(todo, outputs))
