@@ -4,8 +4,8 @@ One request per prompt with ``SamplingParams(n=N)`` (never N copies of the promp
 applied by vLLM once per prompt, so its continuous batching keeps the batch full across a shard.
 ``--engine_kwargs`` go to ``LLM(...)`` (tensor_parallel_size, gpu_memory_utilization, max_model_len,
 enforce_eager, ...). vLLM's CPU build crashes on a per-request seed, so there the seed is given to
-``LLM`` once, and a run is reproducible for the same shards in the same order; on GPU each shard gets
-its own seed per prompt (derived from the shard's seed, like the client engine).
+``LLM`` once, and a run is reproducible for the same shards in the same order; on GPU each prompt gets
+its own seed, derived from its shard's (like the client engine).
 """
 from __future__ import annotations
 
