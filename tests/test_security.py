@@ -207,3 +207,57 @@ def test_fleet_over_tls_with_a_password_runs_and_never_shows_it(tmp_path, monkey
     seen = [proc.stdout, proc.stderr, untrusted.stderr, wrong.stderr, log,
             (tmp_path / "out" / "o.manifest.json").read_text(), (tmp_path / "out" / "o.jsonl").read_text()]
     assert not [text for text in seen if MARKER in text]
+
+
+def test_an_engine_token_is_masked_in_a_real_runs_manifest(tmp_path, monkeypatch, capsys):
+    """A local run (scoring cached candidates: no model) with a token in --engine_kwargs."""
+    from producer.cli import main
+
+    write_jsonl(tmp_path / "d.jsonl", PROMPTS)
+    write_jsonl(tmp_path / "cache.jsonl", [{"messages": [{"role": "user", "content": p["query"]},
+                                                         {"role": "assistant", "content": "ok"}]} for p in PROMPTS])
+    monkeypatch.chdir(tmp_path)
+    code = main(["submit", "d.jsonl", "--model", "m", "--sampler_engine", "no", "--cache_files", "cache.jsonl",
+                 "--engine_kwargs", json.dumps({"token": MARKER}), "--no_progress", "--log_level", "DEBUG",
+                 "--output_file", "o.jsonl"])
+    out = capsys.readouterr()
+    manifest = (tmp_path / "sample_output" / "o.manifest.json").read_text()
+    assert code == 0 and json.loads(manifest)["spec"]["engine_kwargs"] == {"token": "***"}
+    assert MARKER not in out.out + out.err + manifest
+
+
+@pytest.mark.xfail(strict=True, reason="workers/engines/client.py copies the endpoint's reply into its error; "
+                   "the scrub it needs is proposed in the report of issue 6 part 7")
+def test_an_api_key_the_endpoint_echoes_is_not_in_the_error(tmp_path, monkeypatch, capsys):
+    """An OpenAI-compatible endpoint that refuses the key and quotes it back (as some proxies do)."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from producer.cli import main
+
+    class Refuse(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+            self.rfile.read(int(self.headers["Content-Length"]))
+            body = json.dumps({"error": f"Incorrect API key provided: {self.headers['Authorization']}"}).encode()
+            self.send_response(401)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Refuse)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    write_jsonl(tmp_path / "d.jsonl", PROMPTS[:1])
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("OPENAI_API_KEY", MARKER)
+    try:
+        code = main(["submit", "d.jsonl", "--model", "m", "--sampler_engine", "client", "--base_url",
+                     f"http://127.0.0.1:{server.server_port}/v1", "--num_return_sequences", "1", "--no_progress",
+                     "--output_file", "o.jsonl"])
+    finally:
+        server.shutdown()
+        server.server_close()
+    err = capsys.readouterr().err
+    assert code == 1 and "refused the request: HTTP 401" in err
+    assert MARKER not in err
