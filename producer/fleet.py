@@ -37,7 +37,7 @@ def redact(url: str) -> str:
     parts = urlsplit(url)
     if parts.password is None:
         return url
-    netloc = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    netloc = f"{parts.username or ''}:***@{parts.netloc.rpartition('@')[2]}"  # not .port: it raises on a bad one
     return urlunsplit(parts._replace(netloc=netloc))
 
 
@@ -69,7 +69,7 @@ class Fleet:
     @cached_property
     def celery(self) -> Celery:
         app = Celery("samplefleet-producer")
-        app.conf.update({**celery_settings(), "broker_url": self.broker, "result_backend": self.state_url})
+        app.conf.update(celery_settings(self.broker, self.state_url))  # TLS options follow these URLs
         return app
 
     # --- submit ----------------------------------------------------------------------------------------------
@@ -110,7 +110,8 @@ class Fleet:
         return job_id
 
     def _open(self, spec: JobSpec, timeout: float) -> list[int]:
-        result = self.celery.send_task(TASK_OPEN, args=[spec.model_dump_json()], queue=QUEUE_CONTROL)
+        result = self.celery.send_task(TASK_OPEN, args=[spec.model_dump_json()], queue=QUEUE_CONTROL,
+                                       argsrepr=f"(<job spec: {spec.model} -> {spec.output_dir}/{spec.output_file}>)")
         try:
             return list(result.get(timeout=timeout, propagate=True))
         except CeleryTimeout:

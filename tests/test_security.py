@@ -226,8 +226,6 @@ def test_an_engine_token_is_masked_in_a_real_runs_manifest(tmp_path, monkeypatch
     assert MARKER not in out.out + out.err + manifest
 
 
-@pytest.mark.xfail(strict=True, reason="workers/engines/client.py copies the endpoint's reply into its error; "
-                   "the scrub it needs is proposed in the report of issue 6 part 7")
 def test_an_api_key_the_endpoint_echoes_is_not_in_the_error(tmp_path, monkeypatch, capsys):
     """An OpenAI-compatible endpoint that refuses the key and quotes it back (as some proxies do)."""
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer

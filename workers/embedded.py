@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterable
 
 from schemas import JobSpec, PromptShard, ShardSummary
+from schemas.errors import PermanentError
 from workers.aggregate import shard_rows, summarise
 from workers.generate import generate_shard, load_engine
 from workers.manifest import build_manifest
@@ -30,8 +31,7 @@ def run_job(spec: JobSpec, shards: Iterable[PromptShard], *, job_id: str, planne
     """
     started = time.time()
     output = JobOutput(spec)
-    done = output.open()
-    previous = {s.index: s for s in output.summaries()}
+    output.check()  # a clash fails before any model loads
     with contextlib.ExitStack() as stack:
         # Loaded once, before any shard: a plugin, reward model or generator that cannot load fails here.
         scorer = Scorer(spec) if spec.scored else None
@@ -40,13 +40,19 @@ def run_job(spec: JobSpec, shards: Iterable[PromptShard], *, job_id: str, planne
         engine = load_engine(spec)
         stack.callback(engine.close)
         loaded = time.time()
+        done = output.open()  # only now: a plugin or model that cannot load leaves no "unfinished run" behind
+        previous = {s.index: s for s in output.summaries()}
         for shard in shards:
             if shard.index in done:
                 on_shard(previous[shard.index], True)
                 continue
-            generated = generate_shard(engine, spec, shard)
-            if scorer is not None:
-                generated = scorer.score(generated)
+            try:
+                generated = generate_shard(engine, spec, shard)
+                if scorer is not None:
+                    generated = scorer.score(generated)
+            except PermanentError as exc:  # name the shard and its rows, as the fleet's failures do
+                sources = "; ".join(p.source for p in shard.prompts)
+                raise type(exc)(f"shard {shard.index} [rows: {sources}]: {exc}") from exc
             rows, dropped = shard_rows(spec, generated)
             summary = summarise(spec, generated, len(rows), dropped)
             output.write_shard(rows, summary)

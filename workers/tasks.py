@@ -17,11 +17,13 @@ from schemas.fleet import (QUEUE_AGGREGATE, QUEUE_SCORE, TASK_AGGREGATE, TASK_FI
                            TASK_SCORE, max_attempts, state_url)
 from workers.aggregate import shard_rows, summarise
 from workers.app import app
-from workers.engines import Engine
+from workers.engines import ENGINES, Engine
 from workers.generate import generate_shard, load_engine
 from workers.jobs import FleetJob, connect
 from workers.output import JobOutput
 from workers.score import Scorer
+from workers.scoring import orms
+from workers.scoring.plugins import load_plugins
 
 log = logging.getLogger(__name__)
 _loaded: dict[str, tuple[str, Engine | Scorer]] = {}  # "engine"/"scorer" -> (config key, loaded object)
@@ -117,8 +119,15 @@ def _rows(job: FleetJob, index: int, args: tuple) -> str:
 
 @app.task(name=TASK_OPEN)
 def open_job(spec_json: str) -> list[int]:
-    """Check the output location before anything is enqueued; the shards an earlier run finished."""
-    return sorted(JobOutput(JobSpec.model_validate_json(spec_json)).open())
+    """Check names, plugins and the output location before anything is enqueued; the shards an earlier run
+    finished. Checked without loading a model: --sampler_engine, --orm_model, and every --external_plugins
+    file (imported, its entries checked)."""
+    spec = JobSpec.model_validate_json(spec_json)
+    ENGINES.canonical(spec.sampler_engine)
+    load_plugins(spec.external_plugins)
+    if spec.orm_model:
+        orms.canonical(spec.orm_model)
+    return sorted(JobOutput(spec).open())
 
 
 @app.task(bind=True, base=ShardTask, name=TASK_GENERATE, stage="generate")

@@ -81,6 +81,7 @@ class ClientEngine(Engine):
         self.send_seed = bool(options.get("send_seed", True))
         key = os.environ.get(options.get("api_key_env", "OPENAI_API_KEY"))
         self.headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self._key = key
         self.honours_n = True
 
     @classmethod
@@ -90,6 +91,10 @@ class ClientEngine(Engine):
 
     def describe(self) -> dict[str, str]:
         return {"engine": self.name, "model": self.model, "endpoint": self.url}
+
+    def _scrub(self, text: str) -> str:
+        """An endpoint's reply without the API key (some proxies quote the key they refuse)."""
+        return text.replace(self._key, "***") if self._key else text
 
     def generate(self, prompts: Sequence[Prompt], params: SamplingParams, seed: int) -> list[Generation]:
         return asyncio.run(self._generate(prompts, params, seed))
@@ -138,7 +143,7 @@ class ClientEngine(Engine):
             else:
                 if response.status_code == 200:
                     return response.json()
-                problem = f"HTTP {response.status_code}: {response.text[:300]}"
+                problem = f"HTTP {response.status_code}: {self._scrub(response.text[:300])}"
                 if response.status_code in PROMPT_REFUSALS:
                     raise PromptRefused(f"{self.url} refused this prompt: {problem}")
                 if response.status_code != 429 and response.status_code < 500:
