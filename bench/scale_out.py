@@ -86,6 +86,7 @@ def run_once(fleet: Fleet, procs: dict[str, psutil.Process], data: Path, args, o
             "cpu_s": {"generators": round(sum(v for k, v in used.items() if k.startswith("gen")), 3),
                       "scorer": used["scorer"], "aggregator": used["aggregator"], "redis": used["redis"]},
             "host_busy_cores": round(busy / wall, 2),
+            "redis_clients_after": fleet.db.info("clients")["connected_clients"],
             "redis_commands_per_shard": round(sum(calls.values()) / shards, 1),
             "redis_calls_per_shard": {k: round(v / shards, 2) for k, v in sorted(calls.items(), key=lambda kv: -kv[1])},
             "max_depth": {q: max(d[1 + k] for d in depths) for k, q in enumerate(QUEUES)},
