@@ -230,3 +230,14 @@ def test_fleet_output_to_s3_lands_in_the_bucket_with_its_manifest(tmp_path, arit
                       "--output_file", "s3.jsonl", **s3_server.env())
     assert missing.returncode != 0 and "no-such-bucket" in missing.stderr
     assert s3_server.secret_key not in missing.stderr
+
+
+def test_unknown_reward_model_is_refused_before_the_job_is_recorded(tmp_path, arithmetic, redis_server, workers):
+    """The producer does not import reward models or engines: the worker's open_job check refuses them."""
+    from schemas.fleet import Keys
+
+    workers.start("control")
+    proc = _submit(redis_server.url, tmp_path, str(arithmetic), *JOB, "--orm_model", "no_such_orm",
+                   "--output_file", "u.jsonl", wait=False)
+    assert proc.returncode == 2 and "no_such_orm" in proc.stderr, proc.stderr[-2000:]
+    assert not redis.Redis.from_url(redis_server.url).zrange(Keys.jobs, 0, -1)
