@@ -187,11 +187,19 @@ class Fleet:
         running = {int(k) for k, v in self.db.hgetall(keys.running).items()
                    if time.time() - json.loads(v)["since"] < stale_after}
         skip = done | running
-        pipe = self.db.pipeline()
-        pipe.delete(keys.failed, keys.deliveries, keys.finalising)
-        pipe.hset(keys.job, "status", "running")
-        pipe.hdel(keys.job, "finished")
-        pipe.execute()
+        with self.db.pipeline() as pipe:  # only if no finaliser finished the job since it was read
+            try:
+                pipe.watch(keys.job)
+                if pipe.hget(keys.job, "status") != job["status"].encode():
+                    raise redis.WatchError
+                pipe.multi()
+                pipe.delete(keys.failed, keys.deliveries, keys.finalising)
+                pipe.hset(keys.job, "status", "running")
+                pipe.hdel(keys.job, "finished")
+                pipe.execute()
+            except redis.WatchError:
+                raise ConfigError(f"job {job_id} changed while resuming (it may have just finished): see "
+                                  f"`producer status {job_id}`") from None
         if len(done) >= int(job["shards"]):
             self.celery.send_task(TASK_FINALISE, args=[job_id], queue=QUEUE_AGGREGATE)
             return 0

@@ -63,15 +63,18 @@ def state_url() -> str:
 def redis_options() -> dict[str, Any]:
     """Client options for job state: ride out a Redis restart or failover of up to about a minute.
 
-    Every state write is idempotent (sets, NX locks, per-shard fields), so retrying one is safe.
+    Connection errors are retried with backoff. Writes are built to bear a retry: shard sets, NX locks
+    holding a token, per-shard fields. A retry after a lost reply can only over-count a delivery (the
+    poison limit leaves room) or leave a shard out of the progress counters shown by `producer status`
+    (the manifest counts from the stored parts).
     """
     from redis.backoff import ExponentialBackoff
-    from redis.exceptions import ConnectionError, TimeoutError
+    from redis.exceptions import ConnectionError
     from redis.retry import Retry
 
     return {"socket_timeout": 30, "socket_connect_timeout": 5, "health_check_interval": 30,
-            "retry": Retry(ExponentialBackoff(cap=5, base=0.2), retries=16),
-            "retry_on_error": [ConnectionError, TimeoutError]}
+            "retry": Retry(ExponentialBackoff(cap=5, base=0.2), retries=14),
+            "retry_on_error": [ConnectionError]}
 
 
 def finalise_timeout() -> int:

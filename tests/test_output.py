@@ -81,6 +81,8 @@ def test_manifest_written_and_parts_removed(out):
     write(output, 0)
     output.finalise({"rows": 2, "config": {"model": "m"}})
     assert json.loads((out / "run.manifest.json").read_text()) == {"rows": 2, "config": {"model": "m"}}
+    assert (out / output.parts).exists()  # kept until the caller has recorded the job as finished
+    output.drop_parts()
     assert not (out / output.parts).exists()
 
 
@@ -134,6 +136,7 @@ def test_resume_of_complete_run_is_refused(out):
     output.open()
     write(output, 0)
     output.finalise({})
+    output.drop_parts()
     with pytest.raises(OutputError, match="nothing to resume"):
         JobOutput(spec(out, resume=True)).open()
 

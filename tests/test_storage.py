@@ -273,6 +273,7 @@ def test_joboutput_end_to_end_on_s3(s3_env, shared_bucket):
             output.write_shard(rows, ShardSummary(job_id="j", index=index, prompts=2, rows=2, candidates=2,
                                                   tokens=20, seconds=0.1))
     assert output.finalise({"rows": 6}) == f"s3://{shared_bucket}/{prefix}/run.jsonl"
+    output.drop_parts()
     client = s3_env.client()
     text = client.get_object(Bucket=shared_bucket, Key=f"{prefix}/run.jsonl")["Body"].read().decode()
     prompts = [json.loads(line)["messages"][0]["content"] for line in text.splitlines()]

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 from schemas import JobSpec, PromptShard, ShardSummary
 from schemas.errors import PermanentError
 from workers.aggregate import shard_rows, summarise
-from workers.generate import generate_shard, load_engine
+from workers.generate import generate_shard, load_engine, rows_note
 from workers.manifest import build_manifest
 from workers.output import JobOutput
 from workers.score import Scorer
@@ -51,8 +51,7 @@ def run_job(spec: JobSpec, shards: Iterable[PromptShard], *, job_id: str, planne
                 if scorer is not None:
                     generated = scorer.score(generated)
             except PermanentError as exc:  # name the shard and its rows, as the fleet's failures do
-                sources = "; ".join(p.source for p in shard.prompts)
-                raise type(exc)(f"shard {shard.index} [rows: {sources}]: {exc}") from exc
+                raise type(exc)(f"shard {shard.index}{rows_note(shard.prompts)}: {exc}") from exc
             rows, dropped = shard_rows(spec, generated)
             summary = summarise(spec, generated, len(rows), dropped)
             output.write_shard(rows, summary)
@@ -62,4 +61,6 @@ def run_job(spec: JobSpec, shards: Iterable[PromptShard], *, job_id: str, planne
         manifest = build_manifest(spec, summaries, job_id=job_id, engine=engine.describe(),
                                   planned_prompts=planned_prompts, bad_rows=bad_rows, started=started,
                                   finished=time.time(), load_seconds=loaded - started)
-    return output.finalise(manifest, summaries=summaries), manifest
+    location = output.finalise(manifest, summaries=summaries)
+    output.drop_parts()
+    return location, manifest

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import uuid
 from functools import lru_cache
 
 import redis
@@ -98,33 +99,50 @@ class FleetJob:
 
         The parts are dropped only after the job is marked finished, so a finaliser killed at any point
         leaves either the parts (and the job running, finalised again once the lock expires or on
-        `producer resume`) or a finished job.
+        `producer resume`) or a finished job. A second finaliser that starts while the first is still at
+        work (the lock expired, or `resume` removed it) finds the job finished, or parts missing, and
+        leaves the output alone; one that gets as far as writing writes the same bytes.
         """
-        if not self.complete() or not self.db.set(self.keys.finalising, "1", nx=True, ex=finalise_timeout()):
+        if not self.complete():
             return None
-        if self.field("status") != "running":  # finalised before (the lock expired since), or cancelled
+        token = uuid.uuid4().hex
+        # a retried SET whose first reply was lost finds its own token there: it did get the lock
+        if not (self.db.set(self.keys.finalising, token, nx=True, ex=finalise_timeout())
+                or _text(self.db.get(self.keys.finalising)) == token):
             return None
         try:
+            if self.field("status") != "running":  # finalised before (the lock expired since), or cancelled
+                return None
             spec = self.spec
             output = JobOutput(spec)
             failed = {int(k): v.decode() for k, v in self.db.hgetall(self.keys.failed).items()}
             summaries = output.summaries()
+            aggregated = {int(i) for i in self.db.smembers(self.keys.stage["aggregate"])}
+            if not aggregated <= {s.index for s in summaries}:  # another finaliser is dropping the parts
+                log.warning("job %s: parts missing while finalising; another finaliser is at work", self.id)
+                return None
             manifest = build_manifest(spec, summaries, job_id=self.id,
                                       engine=json.loads(self.field("engine") or "{}"),
                                       planned_prompts=int(self.field("prompts") or 0),
                                       bad_rows=json.loads(self.field("bad_rows") or "[]"),
                                       started=float(self.field("created") or time.time()), finished=time.time(),
                                       failed=failed)
-            location = output.finalise(manifest, summaries=summaries, keep_parts=True)
+            location = output.finalise(manifest, summaries=summaries)
             self.db.hset(self.keys.job, mapping={"status": "partial" if failed else "done", "finished": time.time(),
                                                  "output": location})
-        except BaseException:
-            self.db.delete(self.keys.finalising)  # let the next aggregator try again
-            raise
+        finally:  # ours only: a lock that expired and was taken by another finaliser is theirs
+            self.db.eval(_RELEASE, 1, self.keys.finalising, token)
         if not failed:  # a partial job keeps its parts, so that resuming it can assemble the whole output
             output.drop_parts()
         log.info("job %s finalised: %s%s", self.id, location, f" ({len(failed)} shards failed)" if failed else "")
         return location
+
+
+_RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+
+
+def _text(raw: bytes | str | None) -> str | None:
+    return raw.decode() if isinstance(raw, bytes) else raw
 
 
 @lru_cache(maxsize=32)

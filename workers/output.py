@@ -107,19 +107,16 @@ class JobOutput:
         return sorted((ShardSummary.model_validate_json(self.storage.read(k))
                        for k in self.storage.list(self.parts) if k.endswith(".done.json")), key=lambda s: s.index)
 
-    def finalise(self, manifest: dict[str, Any], *, summaries: list[ShardSummary] | None = None,
-                 keep_parts: bool = False) -> str:
-        """Concatenate the parts in shard order into the final file, write the manifest, drop the parts.
+    def finalise(self, manifest: dict[str, Any], *, summaries: list[ShardSummary] | None = None) -> str:
+        """Concatenate the parts in shard order into the final file and write the manifest.
 
         ``summaries``: the done-markers if the caller has read them already (on S3, one listing and a read
-        per shard saved); ``keep_parts``: a partial job keeps them, so that resuming it can assemble the
-        whole output later.
+        per shard saved). The parts stay: the caller drops them (``drop_parts``) once the job is recorded as
+        finished, and a partial job keeps them so that resuming it can assemble the whole output later.
         """
         summaries = self.summaries() if summaries is None else summaries
         self.storage.concat((self._part(s.index) for s in summaries), self.final)
         self.storage.write(self.manifest, (json.dumps(manifest, indent=1, ensure_ascii=False) + "\n").encode())
-        if not keep_parts:
-            self.drop_parts()
         return self.location
 
     def drop_parts(self) -> None:

@@ -18,7 +18,7 @@ from schemas.fleet import (QUEUE_AGGREGATE, QUEUE_SCORE, TASK_AGGREGATE, TASK_FI
 from workers.aggregate import shard_rows, summarise
 from workers.app import app
 from workers.engines import ENGINES, Engine
-from workers.generate import generate_shard, load_engine
+from workers.generate import generate_shard, load_engine, rows_note
 from workers.jobs import FleetJob, connect
 from workers.output import JobOutput
 from workers.score import Scorer
@@ -104,7 +104,7 @@ class ShardTask(Task):
 
 
 def _rows(job: FleetJob, index: int, args: tuple) -> str:
-    """" [rows: ...]": where the failed shard's prompts came from, so the user can look at them."""
+    """The failed shard's rows, from the message (generate) or its stored candidates (later stages)."""
     try:
         if len(args) > 2:  # generate carries its prompts
             prompts = PromptShard.model_validate_json(args[2]).prompts
@@ -114,7 +114,7 @@ def _rows(job: FleetJob, index: int, args: tuple) -> str:
     except Exception as exc:  # noqa: BLE001 - the failure itself is what matters; the rows are a courtesy
         log.warning("job %s shard %d: cannot list its rows (%s)", job.id, index, exc)
         return ""
-    return " [rows: " + "; ".join(p.source for p in prompts) + "]"
+    return rows_note(prompts)
 
 
 @app.task(name=TASK_OPEN)
@@ -139,6 +139,7 @@ def generate(self: ShardTask, job_id: str, index: int, shard_json: str) -> None:
     output = JobOutput(spec)
     if output.has_stage("generated", index):  # a redelivery, or a resumed job: same prompts, same seed
         log.info("job %s shard %d: candidates already in storage, not generated again", job_id, index)
+        job.record_engine({"engine": spec.sampler_engine, "model": spec.model})  # if no shard here loads one
     else:
         engine = engine_for(spec)
         job.record_engine(engine.describe())
