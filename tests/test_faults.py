@@ -415,6 +415,10 @@ def test_racing_finalisers_assemble_once(job_dir, redis_server, workers):
         racer.join()
     assert sum(r is not None for r in results) == 1, results
     assert_exact(tally(job_dir, "race.jsonl", "8 finalisers racing"))
+    # A late finaliser that got past the status check while the first one was dropping the parts:
+    db.hset(Keys(job_id).job, "status", "running")
+    assert FleetJob(db, job_id).finalise_once() is None
+    assert_exact(tally(job_dir, "race.jsonl", "late finaliser after the parts were dropped"))  # output untouched
 
 
 def test_resume_finalises_a_job_whose_finaliser_died(job_dir, redis_server, workers):
