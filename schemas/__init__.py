@@ -8,6 +8,7 @@ from schemas.records import (
     OutputRow,
     Prompt,
     PromptShard,
+    PromptStats,
     Scores,
     ShardSummary,
 )
@@ -15,5 +16,5 @@ from schemas.sampling import SamplingParams
 
 __all__ = [
     "SCHEMA_VERSION", "Candidate", "DatasetSpec", "Generation", "GeneratedShard", "JobSpec", "Message",
-    "OutputRow", "Prompt", "PromptShard", "SamplingParams", "Scores", "ShardSummary",
+    "OutputRow", "Prompt", "PromptShard", "PromptStats", "SamplingParams", "Scores", "ShardSummary",
 ]

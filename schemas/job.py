@@ -82,6 +82,24 @@ class JobSpec(BaseModel):
     include_ground_truth: bool = Field(False, description="Also rank the dataset's reference answer as a "
                                        "candidate (swift always does; it then usually wins).")
     write_scores: bool = Field(False, description="Add scores {orm, prm, prm_steps} to every output row.")
+    # --- beyond swift: statistics, several ORMs, exports, adaptive sampling (workers/stats.py, exports.py) ---
+    orm_weights: list[float] | None = Field(None, description="With several --orm_model names (math,format): "
+                                            "their weights in the ranking score (default equal); a candidate "
+                                            "passes only when it passes every ORM.")
+    pass_at_k: list[int] | None = Field(None, description="k values of the unbiased pass@k in the stats file "
+                                        "(default: 1, N and the powers of two in between).")
+    output_format: Literal["swift", "trl_preference", "trl_kto", "trl_stepwise"] = Field(
+        "swift", description="Rows as swift writes them (messages + rejected_response), or TRL's preference, "
+        "unpaired (KTO) or stepwise-supervision format.")
+    pair_margin: float = Field(0.1, ge=0.0, description="With a PRM and no ORM: least PRM score difference "
+                               "between chosen and rejected for a trl_preference pair.")
+    target_correct: int | None = Field(None, ge=1, description="Adaptive sampling: sample each prompt in waves "
+                                       "until it has this many ORM-passing candidates (and a failing one), or N "
+                                       "samples; off by default.")
+    wave_size: int | None = Field(None, ge=1, description="Adaptive sampling: samples per prompt per wave "
+                                  "(default: N/8, at least 2).")
+    drop_settled: bool = Field(False, description="Adaptive sampling: stop a prompt whose first wave is all "
+                                "correct or all wrong (recorded in the manifest).")
     external_plugins: list[str] = Field(default_factory=list, description="Python files that add entries to "
                                         "the orms / prms registries (swift's plugin convention).")
     cache_files: list[str] = Field(default_factory=list, description="With --sampler_engine no: jsonl files "
@@ -144,6 +162,47 @@ class JobSpec(BaseModel):
             raise ValueError(f"--n_best_to_keep {self.n_best_to_keep} is greater than "
                              f"--num_return_sequences {self.sampling.num_return_sequences}")
         return self
+
+    @model_validator(mode="after")
+    def _beyond(self) -> "JobSpec":
+        n, names = self.sampling.num_return_sequences, self.orm_names
+        if self.orm_weights is not None and len(self.orm_weights) != len(names):
+            raise ValueError(f"--orm_weights: {len(self.orm_weights)} weights for {len(names)} ORMs ({self.orm_model})")
+        if self.orm_weights is not None and any(w <= 0 for w in self.orm_weights):
+            raise ValueError(f"--orm_weights {self.orm_weights}: every weight must be > 0")
+        if len(set(names)) != len(names) or any(not name for name in names):
+            raise ValueError(f"--orm_model {self.orm_model!r}: a comma-separated list of distinct names")
+        if self.pass_at_k is not None and any(not 1 <= k <= n for k in self.pass_at_k):
+            raise ValueError(f"--pass_at_k {self.pass_at_k}: each k must be from 1 to --num_return_sequences {n}")
+        if self.output_format != "swift" and not self.scored:
+            raise ValueError(f"--output_format {self.output_format} makes pairs or labels: it needs --orm_model "
+                             "or --prm_model")
+        if self.output_format == "trl_stepwise" and not self.prm_model:
+            raise ValueError("--output_format trl_stepwise needs a step PRM (--prm_model) for the per-step labels")
+        if (self.wave_size is not None or self.drop_settled) and self.target_correct is None:
+            raise ValueError("--wave_size and --drop_settled belong to adaptive sampling: give --target_correct K")
+        if self.target_correct is not None and not names:
+            raise ValueError("--target_correct counts ORM-passing candidates: it needs --orm_model")
+        if self.target_correct is not None and self.sampler_engine == "no":
+            raise ValueError("--target_correct samples in waves: it cannot work on --cache_files (--sampler_engine no)")
+        return self
+
+    @property
+    def orm_names(self) -> list[str]:
+        """The ORMs of --orm_model, which takes one name or several separated by commas (math,format)."""
+        return [name.strip() for name in self.orm_model.split(",")] if self.orm_model else []
+
+    @property
+    def stats_ks(self) -> list[int]:
+        """--pass_at_k, or 1, N and the powers of two in between."""
+        n = self.sampling.num_return_sequences
+        return sorted(set(self.pass_at_k or [1, *(2**i for i in range(1, n.bit_length()) if 2**i < n), n]))
+
+    @property
+    def adaptive_wave(self) -> int:
+        """Samples per prompt per adaptive wave: --wave_size, else N/8 (at least 2), never above N."""
+        n = self.sampling.num_return_sequences
+        return min(n, self.wave_size or max(2, n // 8))
 
     @property
     def n_best(self) -> int:

@@ -50,6 +50,15 @@ class Scores(_Record):
     orm: float | None = None
     prm: float | None = Field(None, description="The PRM score; for a step PRM the minimum of the steps.")
     prm_steps: list[float] | None = None
+    orms: dict[str, float] | None = Field(None, description="With several ORMs: each one's score (``orm`` is "
+                                          "their weighted sum).")
+
+    @property
+    def orm_pass(self) -> bool:
+        """Passes the ORM: score > 0, or with several ORMs, > 0 for every one of them."""
+        if self.orms:
+            return all(v > 0 for v in self.orms.values())
+        return self.orm is not None and self.orm > 0
 
 
 class Candidate(_Record):
@@ -92,9 +101,26 @@ class OutputRow(_Record):
             line["rejected_response"] = self.rejected_response
         line["id"] = self.id
         if self.scores is not None:
-            line["scores"] = self.scores.model_dump()
+            line["scores"] = self.scores.model_dump(exclude={"orms"} if self.scores.orms is None else None)
         for key, value in self.extra.items():
             line.setdefault(key, value)
+        return json.dumps(line, ensure_ascii=False) + "\n"
+
+
+class PromptStats(_Record):
+    """How hard one prompt is for the policy: one line of ``<output name>.stats.jsonl``."""
+
+    id: str
+    samples: int = Field(description="Candidates sampled (the dataset's answer not counted).")
+    correct: int | None = Field(description="Samples that pass the ORM(s); None when the prompt was not scored.")
+    pass_at_k: dict[int, float] = Field(default_factory=dict, description="Unbiased pass@k, for each k <= samples.")
+    maj_at_n: float | None = Field(None, description="1 when the most frequent answer passes (a tie: the share "
+                                   "of tied answers that pass).")
+    distinct_answers: int = Field(0, description="Different final answers, compared as the ORM compares them.")
+    stopped: str | None = Field(None, description="Adaptive sampling: why sampling of the prompt stopped.")
+
+    def to_json_line(self) -> str:
+        line = self.model_dump(mode="json", exclude={"stopped"} if self.stopped is None else None)
         return json.dumps(line, ensure_ascii=False) + "\n"
 
 
@@ -114,3 +140,7 @@ class ShardSummary(_Record):
     short: dict[int, int] = Field(default_factory=dict, description="Prompt row -> candidates it had, when "
                                   "fewer than N (e.g. scored from a cache file).")
     seconds: float
+    stats: list[PromptStats] = Field(default_factory=list, description="Per prompt, in order, with an ORM: the "
+                                     "stats file's lines (the finaliser only concatenates them).")
+    histograms: dict[str, dict[str, int]] = Field(default_factory=dict, description="Fixed-bin counts over the "
+                                                  "shard's candidates (tokens, orm, prm), summed in the manifest.")

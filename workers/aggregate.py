@@ -5,11 +5,18 @@ a candidate passes when its ORM score is > 0 and its PRM score is above ``--prm_
 candidates are ranked by min-max-normalised PRM + 10 x normalised ORM; the best ``--n_best_to_keep``
 passing ones are written, each with the lowest ranked as ``rejected_response``. Unlike swift:
 identical candidates count once, the rejected response is an ORM-failing candidate whenever one
-exists, and every prompt that gets no row is reported with its reason instead of vanishing.
+exists, and every prompt that gets no row is reported with its reason instead of vanishing. With several
+ORMs a candidate passes when it passes each one; their weighted sum is the ORM score that ranks. The TRL
+formats of ``--output_format`` start from the same ranking (``workers.exports``). The shard's summary
+carries its prompts' statistics (``workers.stats``), so fleet and embedded runs give the same stats file.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from schemas import Candidate, GeneratedShard, Generation, JobSpec, Message, OutputRow, ShardSummary
+from workers.exports import FORMATS, Line
+from workers.stats import histograms, prompt_stats
 
 ORM_WEIGHT = 10.0
 
@@ -35,38 +42,61 @@ def _distinct(cands: list[Candidate]) -> list[Candidate]:
     return [c for c in cands if not (c.text in seen or seen.add(c.text))]
 
 
-def choose(spec: JobSpec, gen: Generation) -> tuple[list[OutputRow], str | None]:
+@dataclass(frozen=True)
+class Selection:
+    """A prompt's distinct candidates ranked: which pass, the order, the rejected one and the chosen n best."""
+
+    cands: list[Candidate]
+    passed: list[bool]
+    order: list[int]
+    rejected: int
+    chosen: list[int]
+
+
+def select(spec: JobSpec, gen: Generation) -> Selection | str:
+    """The ranking of a scored prompt, or why it is left out before any ranking (unscorable, too easy)."""
+    cands = _distinct(gen.candidates)
+    if not cands or any(c.scores is None for c in cands):
+        return "unscorable: no reference answer for the reward model"
+    orm = [c.scores.orm for c in cands]
+    prm = [c.scores.prm for c in cands]
+    use_orm, use_prm = spec.orm_model is not None, spec.prm_model is not None
+    passed = [(not use_orm or c.scores.orm_pass) and (not use_prm or p > spec.prm_threshold)
+              for c, p in zip(cands, prm)]
+    if use_orm and spec.easy_query_threshold is not None:  # over every sample, duplicates included
+        sampled = [c.scores.orm_pass for c in gen.candidates if not c.reference]
+        if sampled and sum(sampled) / len(sampled) >= spec.easy_query_threshold:
+            return f"too easy: {sum(sampled)}/{len(sampled)} candidates pass the ORM"
+    rank = [p + ORM_WEIGHT * o for p, o in zip(_normalised(prm), _normalised(orm))]
+    order = sorted(range(len(cands)), key=lambda i: -rank[i])  # stable: ties keep sampling order
+    failing = [i for i in order if use_orm and not cands[i].scores.orm_pass]
+    rejected = failing[-1] if failing else order[-1]
+    chosen = [i for i in order if passed[i] and i != rejected][: spec.n_best]
+    return Selection(cands, passed, order, rejected, chosen)
+
+
+def choose(spec: JobSpec, gen: Generation) -> tuple[list[OutputRow | Line], str | None]:
     """The prompt's output rows, and why it got none (None when it got rows or was skipped upstream)."""
     if gen.skipped:
         return [], None
     if not spec.scored:
         return [_row(gen, c, None, spec) for c in gen.candidates], None
-    cands = _distinct(gen.candidates)
-    if not cands or any(c.scores is None for c in cands):
-        return [], "unscorable: no reference answer for the reward model"
-    orm = [c.scores.orm for c in cands]
-    prm = [c.scores.prm for c in cands]
-    use_orm, use_prm = spec.orm_model is not None, spec.prm_model is not None
-    passed = [(not use_orm or o > 0) and (not use_prm or p > spec.prm_threshold) for o, p in zip(orm, prm)]
-    if use_orm and spec.easy_query_threshold is not None:  # over every sample, duplicates included
-        sampled = [c.scores.orm for c in gen.candidates if not c.reference]
-        if sampled and sum(o > 0 for o in sampled) / len(sampled) >= spec.easy_query_threshold:
-            return [], f"too easy: {sum(o > 0 for o in sampled)}/{len(sampled)} candidates pass the ORM"
-    if not any(passed):
+    sel = select(spec, gen)
+    if isinstance(sel, str):
+        return [], sel
+    if spec.output_format != "swift":
+        return FORMATS[spec.output_format](spec, gen, sel)
+    if not any(sel.passed):
         return [], "no candidate passed the reward model(s)"
-    rank = [p + ORM_WEIGHT * o for p, o in zip(_normalised(prm), _normalised(orm))]
-    order = sorted(range(len(cands)), key=lambda i: -rank[i])  # stable: ties keep sampling order
-    failing = [i for i in order if use_orm and orm[i] <= 0]
-    rejected = failing[-1] if failing else order[-1]
-    chosen = [i for i in order if passed[i] and i != rejected][: spec.n_best]
-    if not chosen:
+    if not sel.chosen:
         return [], "no preference pair: a single distinct candidate"
-    return [_row(gen, cands[i], cands[rejected].text, spec) for i in chosen], None
+    rejected = sel.cands[sel.rejected].text
+    return [_row(gen, sel.cands[i], rejected, spec) for i in sel.chosen], None
 
 
-def shard_rows(spec: JobSpec, shard: GeneratedShard) -> tuple[list[OutputRow], dict[int, str]]:
+def shard_rows(spec: JobSpec, shard: GeneratedShard) -> tuple[list[OutputRow | Line], dict[int, str]]:
     """Every row of the shard, and the prompts (by row) that got none with the reason."""
-    rows: list[OutputRow] = []
+    rows: list[OutputRow | Line] = []
     dropped: dict[int, str] = {}
     for gen in shard.generations:
         chosen, reason = choose(spec, gen)
@@ -76,7 +106,13 @@ def shard_rows(spec: JobSpec, shard: GeneratedShard) -> tuple[list[OutputRow], d
     return rows, dropped
 
 
-def summarise(spec: JobSpec, shard: GeneratedShard, rows: int, dropped: dict[int, str]) -> ShardSummary:
+def summarise(spec: JobSpec, shard: GeneratedShard, rows: int, dropped: dict[int, str],
+              stopped: dict[int, str] | None = None) -> ShardSummary:
+    """The shard's done-marker: counts, reasons, and (with an ORM) its prompts' stats lines.
+
+    ``stopped``: prompt row -> why adaptive sampling stopped it early.
+    """
+    stopped = stopped or {}
     gens = shard.generations
     n = spec.sampling.num_return_sequences
     return ShardSummary(job_id=shard.job_id, index=shard.index, prompts=len(gens), rows=rows,
@@ -85,4 +121,6 @@ def summarise(spec: JobSpec, shard: GeneratedShard, rows: int, dropped: dict[int
                         skipped={g.prompt.row: g.skipped for g in gens if g.skipped}, dropped=dropped,
                         short={g.prompt.row: len(g.candidates) for g in gens
                                if not g.skipped and len(g.candidates) < n},
-                        seconds=round(shard.seconds, 3))
+                        seconds=round(shard.seconds, 3),
+                        stats=[prompt_stats(spec, g, stopped.get(g.prompt.row)) for g in gens] if spec.orm_model else [],
+                        histograms=histograms(gens))

@@ -1,14 +1,18 @@
 """The manifest written beside every output: options, engine, counts, what was left out and why, timings.
 
-One builder for the embedded run and the fleet, so both report the same fields.
+One builder for the embedded run and the fleet, so both report the same fields. Beyond swift's counts: the
+dataset-level statistics (means with bootstrap intervals, ``workers.stats``), fixed-bin histograms of
+lengths and rewards, and each shard's size and time (what ``producer report`` draws).
 """
 from __future__ import annotations
 
 import re
+from collections import Counter
 from datetime import datetime, timezone
 from typing import Any
 
 from schemas import JobSpec, ShardSummary
+from workers.stats import dataset_stats, merge_histograms
 
 MASK = "***"
 # Option names that hold a credential (split at _ - .): engine_kwargs such as token, hf_token, api_key.
@@ -62,6 +66,16 @@ def build_manifest(spec: JobSpec, summaries: list[ShardSummary], *, job_id: str,
     skipped = {row: reason for s in summaries for row, reason in s.skipped.items()}
     dropped = {row: reason for s in summaries for row, reason in s.dropped.items()}
     short = {row: count for s in summaries for row, count in s.short.items()}
+    beyond: dict[str, Any] = {"histograms": merge_histograms(summaries),
+                              "shards": [{"index": s.index, "prompts": s.prompts, "candidates": s.candidates,
+                                          "tokens": s.tokens, "seconds": s.seconds} for s in summaries]}
+    if spec.orm_model:
+        lines = [line for s in summaries for line in s.stats]
+        beyond["stats"] = dataset_stats(spec, lines)
+        if spec.target_correct is not None:
+            beyond["adaptive"] = {"samples": sum(line.samples for line in lines),
+                                  "samples_per_prompt": [line.samples for line in lines],  # stats file order
+                                  "stopped": dict(Counter(line.stopped for line in lines if line.stopped))}
     return {
         "job_id": job_id,
         "status": "partial" if failed else "done",
@@ -92,4 +106,5 @@ def build_manifest(spec: JobSpec, summaries: list[ShardSummary], *, job_id: str,
             **({"load_seconds": round(load_seconds, 3)} if load_seconds is not None else {}),
             "shard_seconds": round(sum(s.seconds for s in summaries), 3),
         },
+        **beyond,
     }

@@ -39,6 +39,7 @@ class JobOutput:
         name = spec.output_file
         self.final = name
         self.manifest = (name[: -len(".jsonl")] if name.endswith(".jsonl") else name) + ".manifest.json"
+        self.stats = self.manifest[: -len(".manifest.json")] + ".stats.jsonl"  # with an ORM (workers/stats.py)
         self.parts = f".{name}.parts/"
 
     @property
@@ -116,6 +117,8 @@ class JobOutput:
         """
         summaries = self.summaries() if summaries is None else summaries
         self.storage.concat((self._part(s.index) for s in summaries), self.final)
+        if self.spec.orm_model:  # the stats lines travel in the done-markers: only concatenated here
+            self.storage.write(self.stats, "".join(p.to_json_line() for s in summaries for p in s.stats).encode())
         self.storage.write(self.manifest, (json.dumps(manifest, indent=1, ensure_ascii=False) + "\n").encode())
         return self.location
 

@@ -33,11 +33,12 @@ class Scorer:
     def __init__(self, spec: JobSpec) -> None:
         load_plugins(spec.external_plugins)
         self.spec = spec
-        self.orm = orms.create(spec.orm_model, spec) if spec.orm_model else None
+        # several ORMs (--orm_model math,format): each built from its own view of the spec, see _one_orm
+        self.orms = {name: orms.create(name, _one_orm(spec, name)) for name in spec.orm_names}
         self.prm = load_prm(spec) if spec.prm_model else None
 
     def close(self) -> None:
-        for model in (self.orm, self.prm):
+        for model in (*self.orms.values(), self.prm):
             if model is not None:
                 model.close()
 
@@ -51,7 +52,7 @@ class Scorer:
     def score(self, shard: GeneratedShard) -> GeneratedShard:
         """Score every distinct candidate of every scorable prompt in one call per reward model."""
         started = time.perf_counter()
-        needs_truth = any(m is not None and m.needs_ground_truth for m in (self.orm, self.prm))
+        needs_truth = any(m is not None and m.needs_ground_truth for m in (*self.orms.values(), self.prm))
         todo: dict[tuple[int, str], int] = {}  # (generation, text) -> request index
         requests: list[InferRequest] = []
         truths: list[str | None] = []
@@ -66,7 +67,8 @@ class Scorer:
                     todo[(g, cand.text)] = len(requests)
                     requests.append(InferRequest(messages=[*turns, {"role": "assistant", "content": cand.text}]))
                     truths.append(gen.prompt.ground_truth)
-        orm = self._run(self.orm, self.spec.orm_model, requests, truths)
+        parts = {name: self._run(model, name, requests, truths) for name, model in self.orms.items()}
+        orm = _weighted(self.spec, parts, len(requests))
         prm = self._run(self.prm, self.spec.prm_model, requests, truths)
         generations = []
         for g, gen in enumerate(shard.generations):
@@ -78,6 +80,7 @@ class Scorer:
                 k = todo[(g, cand.text)]
                 steps = prm[k] if prm and isinstance(prm[k], list) else None
                 scores = Scores(orm=orm[k] if orm else None,
+                                orms={n: v[k] for n, v in parts.items()} if len(parts) > 1 else None,
                                 prm=(min(steps) if steps else prm[k]) if prm else None, prm_steps=steps)
                 scored.append(cand.model_copy(update={"scores": scores}))
             generations.append(gen.model_copy(update={"candidates": scored}))
@@ -91,3 +94,21 @@ class Scorer:
         if model is None or not requests:
             return []
         return validate_scores(str(name), model(requests, truths), len(requests), kind="reward model")
+
+
+def _one_orm(spec: JobSpec, name: str) -> JobSpec:
+    """The spec as one of several ORMs sees it: its own name, and its own ``--orm_kwargs`` entry
+    (``{"math": {"timeout": 5}, "format": {"pattern": "..."}}``) when there are several."""
+    if len(spec.orm_names) == 1:
+        return spec
+    kwargs = spec.orm_kwargs.get(name, {})
+    return spec.model_copy(update={"orm_model": name, "orm_kwargs": kwargs if isinstance(kwargs, dict) else {}})
+
+
+def _weighted(spec: JobSpec, parts: dict[str, list], count: int) -> list[float]:
+    """The ORM score that ranks: the one ORM's, or the weighted mean of several (--orm_weights, default equal)."""
+    if len(parts) <= 1:
+        return next(iter(parts.values()), [])
+    weights = spec.orm_weights or [1.0] * len(parts)
+    total = sum(weights)
+    return [sum(w * scores[k] for w, scores in zip(weights, parts.values())) / total for k in range(count)]

@@ -1,0 +1,172 @@
+"""How hard each prompt is for the policy: unbiased pass@k, majority vote, distinct answers.
+
+Computed per prompt in the aggregate stage (so a fleet's aggregator and the embedded run give the same
+lines), stored with the shard's done-marker, concatenated into ``<output name>.stats.jsonl`` by the
+finaliser; the manifest gets the dataset means with bootstrap confidence intervals and fixed-bin
+histograms of lengths and rewards (for ``producer report``).
+
+Answers are compared the way the ORM compares them: every passing candidate matches the reference, so
+all passing candidates are one answer; the others are grouped by their final answer (``math``:
+normalised, numbers by value, so 0.5 = 1/2 = \\frac{1}{2}; ``accuracy``: normalised, case-folded). With
+ORMs that read no final answer (format, length, plugins), a candidate with no marked answer counts its
+whole stripped text as its answer.
+"""
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from collections.abc import Callable, Iterable
+from fractions import Fraction
+from typing import Any
+
+from schemas import Candidate, Generation, JobSpec, PromptStats, ShardSummary
+from workers.scoring.answers import extract_answer, normalize
+
+#: ORMs that grade a final answer against the reference; the rest do not read one.
+ANSWER_ORMS = ("math", "accuracy")
+BOOTSTRAP_RESAMPLES = 1000
+_FRAC = re.compile(r"^\\frac\{(-?\d+)\}\{(-?\d+)\}$")
+_PASS = "\0passes"  # the group of every passing candidate
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """The unbiased estimator 1 - C(n-c, k) / C(n, k) (Chen et al. 2021), as a stable product."""
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
+
+
+def _number(answer: str) -> str | None:
+    """A plain number's value as a canonical fraction ("0.5", "1/2", "\\frac{1}{2}" -> "1/2"), else None."""
+    frac = _FRAC.match(answer)
+    try:
+        value = Fraction(int(frac[1]), int(frac[2])) if frac else Fraction(answer.replace(",", ""))
+    except (ValueError, ZeroDivisionError):
+        return None
+    return str(value)
+
+
+def answer_key(spec: JobSpec) -> Callable[[str], str | None]:
+    """How the job's ORM(s) tell answers apart: a candidate text -> its answer's key (None: no answer)."""
+    names = spec.orm_names
+    if "math" in names:
+        def key(text: str) -> str | None:
+            answer = extract_answer(text)
+            return None if answer is None else (_number(normalize(answer)) or normalize(answer))
+    elif "accuracy" in names:
+        def key(text: str) -> str | None:
+            answer = extract_answer(text)
+            return None if answer is None else normalize(answer).casefold()
+    else:
+        def key(text: str) -> str | None:
+            answer = extract_answer(text)
+            return normalize(answer) if answer is not None else (text.strip() or None)
+    return key
+
+
+def _majority(samples: list[Candidate], key: Callable[[str], str | None], collapse: bool) -> tuple[float, int]:
+    """(maj@n, distinct answers): the most frequent answer passes? (a tie: the share of tied ones that pass)."""
+    groups: Counter[str] = Counter()
+    passing: set[str] = set()
+    for cand in samples:
+        ok = cand.scores is not None and cand.scores.orm_pass
+        answer = _PASS if ok and collapse else key(cand.text)
+        if answer is None:
+            continue
+        groups[answer] += 1
+        if ok:
+            passing.add(answer)
+    if not groups:
+        return 0.0, 0
+    top = max(groups.values())
+    tied = [a for a, count in groups.items() if count == top]
+    return sum(a in passing for a in tied) / len(tied), len(groups)
+
+
+def prompt_stats(spec: JobSpec, gen: Generation, stopped: str | None = None) -> PromptStats:
+    """One prompt's line of the stats file; ``correct`` is None when its candidates were not scored."""
+    samples = [c for c in gen.candidates if not c.reference]
+    n = len(samples)
+    if not samples or any(c.scores is None for c in samples):
+        return PromptStats(id=gen.prompt.id, samples=n, correct=None, stopped=stopped)
+    c = sum(cand.scores.orm_pass for cand in samples)
+    collapse = any(name in ANSWER_ORMS for name in spec.orm_names)
+    maj, distinct = _majority(samples, answer_key(spec), collapse)
+    return PromptStats(id=gen.prompt.id, samples=n, correct=c, maj_at_n=maj, distinct_answers=distinct,
+                       pass_at_k={k: round(pass_at_k(n, c, k), 6) for k in spec.stats_ks if k <= n}, stopped=stopped)
+
+
+def _bins(values: Iterable[float], edges: Callable[[float], str]) -> dict[str, int]:
+    return dict(Counter(edges(v) for v in values))
+
+
+def _token_bin(tokens: float) -> str:
+    """Up to a power of two: "1", "2", "4", ... (the bin's upper edge)."""
+    return str(1 << max(0, math.ceil(math.log2(max(tokens, 1)))))
+
+
+def _score_bin(score: float) -> str:
+    """Tenths of [0, 1] by their lower edge ("0.0" ... "0.9", 1.0 in "0.9"), and "<0" / ">1" outside."""
+    if score < 0:
+        return "<0"
+    if score > 1:
+        return ">1"
+    return f"{min(9, int(score * 10)) / 10:.1f}"
+
+
+def histograms(gens: Iterable[Generation]) -> dict[str, dict[str, int]]:
+    """Candidate lengths in tokens and raw ORM / PRM scores, counted into fixed bins (mergeable across shards)."""
+    samples = [c for g in gens for c in g.candidates if not c.reference]
+    out = {"tokens": _bins((c.tokens for c in samples), _token_bin)}
+    for name in ("orm", "prm"):
+        values = [getattr(c.scores, name) for c in samples if c.scores is not None]
+        if values and all(v is not None for v in values):
+            out[name] = _bins(values, _score_bin)
+    return {k: v for k, v in out.items() if v}
+
+
+def merge_histograms(summaries: list[ShardSummary]) -> dict[str, dict[str, int]]:
+    total: dict[str, Counter[str]] = {}
+    for s in summaries:
+        for name, counts in s.histograms.items():
+            total.setdefault(name, Counter()).update(counts)
+    return {name: dict(sorted(c.items(), key=lambda kv: _bin_order(kv[0]))) for name, c in total.items()}
+
+
+def _bin_order(label: str) -> float:
+    return {"<0": -1.0, ">1": 2.0}.get(label, float(label))
+
+
+def _interval(values: list[float], rng: Any) -> list[float]:
+    """95% percentile bootstrap interval of the mean, resampling prompts."""
+    import numpy as np
+
+    data = np.asarray(values, dtype=float)
+    means = []
+    chunk = max(1, 2_000_000 // len(data))  # bounded memory for big datasets
+    for start in range(0, BOOTSTRAP_RESAMPLES, chunk):
+        draws = min(chunk, BOOTSTRAP_RESAMPLES - start)
+        means.append(data[rng.integers(0, len(data), size=(draws, len(data)))].mean(axis=1))
+    low, high = np.percentile(np.concatenate(means), [2.5, 97.5])
+    return [round(float(low), 6), round(float(high), 6)]
+
+
+def dataset_stats(spec: JobSpec, lines: list[PromptStats]) -> dict[str, Any]:
+    """Means over the scored prompts, each with a seeded 95% bootstrap interval, for the manifest."""
+    import numpy as np
+
+    scored = [s for s in lines if s.correct is not None and s.samples]
+    metrics: dict[str, list[float]] = {"pass_rate": [s.correct / s.samples for s in scored],
+                                       "maj_at_n": [s.maj_at_n for s in scored],
+                                       "distinct_answers": [float(s.distinct_answers) for s in scored]}
+    for k in spec.stats_ks:
+        metrics[f"pass@{k}"] = [s.pass_at_k[k] for s in scored if k in s.pass_at_k]
+    rng = np.random.default_rng(spec.sampling.seed)
+    out: dict[str, Any] = {"prompts": len(lines), "scored_prompts": len(scored), "bootstrap_resamples":
+                           BOOTSTRAP_RESAMPLES, "mean": {}, "ci95": {}}
+    for name, values in metrics.items():
+        if values:
+            out["mean"][name] = round(sum(values) / len(values), 6)
+            out["ci95"][name] = _interval(values, rng)
+    return out
