@@ -107,3 +107,43 @@ def test_no_stats_file_without_an_orm(tmp_path):
     proc = run_producer(str(data), *SIMULATED[:10], "--output_file", "plain.jsonl", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert not (tmp_path / "sample_output" / "plain.stats.jsonl").exists()
+
+
+def test_several_orms_score_each_and_rank_by_their_weights(tmp_path):
+    """--orm_model math,format: each score kept in scores.orms, orm is their weighted mean, passing needs both;
+    each ORM reads its own --orm_kwargs entry."""
+    from schemas import GeneratedShard
+    from workers.aggregate import shard_rows
+    from workers.score import Scorer
+
+    spec = _spec(orm_model="math,format", orm_weights=[3, 1], write_scores=True, n_best_to_keep=1,
+                 orm_kwargs={"math": {"timeout": 5}, "format": {"pattern": "^<answer>"}},
+                 sampling={"num_return_sequences": 3})
+    gen = _gen([(r"<answer>\boxed{0.5}</answer>", 0), (r"\boxed{1/2}", 0), (r"<answer>\boxed{2}</answer>", 0)])
+    gen = gen.model_copy(update={"candidates": [c.model_copy(update={"scores": None}) for c in gen.candidates]})
+    scorer = Scorer(spec)
+    try:
+        shard = scorer.score(GeneratedShard(job_id="j", index=0, generations=[gen]))
+    finally:
+        scorer.close()
+    scores = [c.scores for c in shard.generations[0].candidates]
+    assert [s.orms for s in scores] == [{"math": 1.0, "format": 1.0}, {"math": 1.0, "format": 0.0},
+                                        {"math": 0.0, "format": 1.0}]
+    assert [s.orm for s in scores] == [1.0, 0.75, 0.25] and [s.orm_pass for s in scores] == [True, False, False]
+    rows, dropped = shard_rows(spec, shard)
+    line = json.loads(rows[0].to_json_line())
+    assert line["messages"][-1]["content"].startswith("<answer>") and line["scores"]["orms"]["format"] == 1.0
+    assert line["rejected_response"] == r"<answer>\boxed{2}</answer>"  # fails, and ranks lowest
+    assert prompt_stats(spec, shard.generations[0]).correct == 1
+
+
+def test_orm_weights_and_names_are_checked():
+    with pytest.raises(ValueError, match="--orm_weights: 1 weights for 2 ORMs"):
+        _spec(orm_model="math,format", orm_weights=[1])
+    with pytest.raises(ValueError, match="distinct names"):
+        _spec(orm_model="math,math")
+    from schemas.errors import ConfigError
+    from workers.score import Scorer
+
+    with pytest.raises(ConfigError, match="--orm_kwargs 'timeout': with several ORMs"):
+        Scorer(_spec(orm_model="math,format", orm_kwargs={"timeout": 5}))

@@ -11,6 +11,7 @@ import logging
 import time
 
 from schemas import Candidate, GeneratedShard, Generation, JobSpec, Scores
+from schemas.errors import ConfigError
 from workers.scoring import InferRequest, RewardModel, orms, prms
 from workers.scoring.base import validate_scores
 from workers.scoring.plugins import load_plugins
@@ -101,8 +102,11 @@ def _one_orm(spec: JobSpec, name: str) -> JobSpec:
     (``{"math": {"timeout": 5}, "format": {"pattern": "..."}}``) when there are several."""
     if len(spec.orm_names) == 1:
         return spec
-    kwargs = spec.orm_kwargs.get(name, {})
-    return spec.model_copy(update={"orm_model": name, "orm_kwargs": kwargs if isinstance(kwargs, dict) else {}})
+    for key, value in spec.orm_kwargs.items():
+        if key not in spec.orm_names or not isinstance(value, dict):
+            raise ConfigError(f"--orm_kwargs {key!r}: with several ORMs, give each one's options under its name, "
+                              f'e.g. {{"{spec.orm_names[0]}": {{...}}}} (ORMs: {", ".join(spec.orm_names)})')
+    return spec.model_copy(update={"orm_model": name, "orm_kwargs": spec.orm_kwargs.get(name, {})})
 
 
 def _weighted(spec: JobSpec, parts: dict[str, list], count: int) -> list[float]:
