@@ -2,7 +2,8 @@
 
 generate -> score (when a reward model is set) -> aggregate -> write the shard's part; shards
 already done (``--resume``) are skipped; after the last shard the parts become the final jsonl
-and manifest.
+and manifest. The output's lock is held from the first check to the final write, so a second run on the
+same output is refused while this one lives.
 """
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ from collections.abc import Callable, Iterable
 
 from schemas import JobSpec, PromptShard, ShardSummary
 from schemas.errors import PermanentError
+from schemas.records import rows_note
 from workers.aggregate import shard_rows, summarise
-from workers.generate import generate_shard, load_engine, rows_note
+from workers.generate import generate_shard, load_engine
 from workers.manifest import build_manifest
 from workers.output import JobOutput
 from workers.score import Scorer
@@ -31,7 +33,20 @@ def run_job(spec: JobSpec, shards: Iterable[PromptShard], *, job_id: str, planne
     """
     started = time.time()
     output = JobOutput(spec)
-    output.check()  # a clash fails before any model loads
+    with output.lock() as lock:
+        output.check()  # a clash fails before any model loads
+        summaries, manifest = _run_shards(spec, shards, output, job_id=job_id, planned_prompts=planned_prompts,
+                                          bad_rows=bad_rows, on_shard=on_shard, started=started)
+        lock.ensure_held()
+        location = output.finalise(manifest, summaries=summaries, planned=-(-planned_prompts // spec.shard_size))
+        output.drop_parts()
+    return location, manifest
+
+
+def _run_shards(spec: JobSpec, shards: Iterable[PromptShard], output: JobOutput, *, job_id: str, planned_prompts: int,
+                bad_rows: list[str], on_shard: Callable[[ShardSummary, bool], None],
+                started: float) -> tuple[list[ShardSummary], dict]:
+    """Load the models, run every shard not done yet; the done-markers and the manifest (models closed)."""
     with contextlib.ExitStack() as stack:
         # Loaded once, before any shard: a plugin, reward model or generator that cannot load fails here.
         scorer = Scorer(spec) if spec.scored else None
@@ -61,6 +76,4 @@ def run_job(spec: JobSpec, shards: Iterable[PromptShard], *, job_id: str, planne
         manifest = build_manifest(spec, summaries, job_id=job_id, engine=engine.describe(),
                                   planned_prompts=planned_prompts, bad_rows=bad_rows, started=started,
                                   finished=time.time(), load_seconds=loaded - started)
-    location = output.finalise(manifest, summaries=summaries)
-    output.drop_parts()
-    return location, manifest
+    return summaries, manifest

@@ -3,7 +3,8 @@
 Each shard's rows go to ``.<output_file>.parts/shard-NNNNNN.jsonl`` and then a ``.done.json``
 marker (its ShardSummary); both writes are atomic, so a killed run leaves whole parts or none, and
 a re-run shard overwrites its own part instead of adding rows. Only ``finalise`` creates the final
-file, as one atomic write of the parts' concatenation.
+file, as one atomic write of the parts' concatenation, and only when every planned shard's part is there:
+a run can never replace a finished output with a smaller one.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from typing import Any
 
 from schemas import JobSpec, OutputRow, ShardSummary
 from schemas.errors import OutputError
+from workers.output_lock import OutputLock, lock_output
 from workers.storage import Storage, open_storage
 
 log = logging.getLogger(__name__)
@@ -46,6 +48,10 @@ class JobOutput:
     def location(self) -> str:
         return self.storage.where(self.final)
 
+    def lock(self) -> OutputLock:
+        """The lock that keeps a second run off this output while this one lives (not taken yet)."""
+        return lock_output(self.spec, self.storage)
+
     def check(self) -> None:
         """Refuse to start when the run would clobber or mix with something; say what to do instead."""
         spec, storage = self.spec, self.storage
@@ -77,6 +83,10 @@ class JobOutput:
         self.check()
         if not self.spec.resume:
             self.storage.delete_prefix(self.parts)
+            if left := self.storage.list(self.parts):  # never reuse an old run's done-markers
+                raise OutputError(f"{self.storage.where(self.parts)}: cannot clear the parts of the earlier run "
+                                  f"({len(left)} files left, e.g. {left[0]}); remove that folder, or pass "
+                                  "--resume true to continue that run")
         self.storage.write(self.parts + "job.json", json.dumps(self.spec.resume_key(), indent=1).encode())
         return {s.index for s in self.summaries()}
 
@@ -108,14 +118,22 @@ class JobOutput:
         return sorted((ShardSummary.model_validate_json(self.storage.read(k))
                        for k in self.storage.list(self.parts) if k.endswith(".done.json")), key=lambda s: s.index)
 
-    def finalise(self, manifest: dict[str, Any], *, summaries: list[ShardSummary] | None = None) -> str:
+    def finalise(self, manifest: dict[str, Any], *, summaries: list[ShardSummary] | None = None,
+                 planned: int | None = None) -> str:
         """Concatenate the parts in shard order into the final file and write the manifest.
+
+        ``planned``: the run's shard count; when given, a missing part refuses the final write (OutputError)
+        instead of writing a smaller file over the output.
 
         ``summaries``: the done-markers if the caller has read them already (on S3, one listing and a read
         per shard saved). The parts stay: the caller drops them (``drop_parts``) once the job is recorded as
         finished, and a partial job keeps them so that resuming it can assemble the whole output later.
         """
         summaries = self.summaries() if summaries is None else summaries
+        if planned is not None and (missing := sorted(set(range(planned)) - {s.index for s in summaries})):
+            raise OutputError(f"{self.location} was not written: {len(missing)} of {planned} shards have no part "
+                              f"in {self.storage.where(self.parts)} (first: shard {missing[0]}); another run may "
+                              "have finished this output meanwhile")
         self.storage.concat((self._part(s.index) for s in summaries), self.final)
         if self.spec.orm_model:  # the stats lines travel in the done-markers: only concatenated here
             self.storage.write(self.stats, "".join(p.to_json_line() for s in summaries for p in s.stats).encode())
