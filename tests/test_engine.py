@@ -21,7 +21,10 @@ PROMPTS = [_prompt(0, "What is 2+3?"), _prompt(1, "Name three colours of the rai
 def engine(model_path):
     from workers.engines.hf import TransformersEngine
 
-    return TransformersEngine(model_path, max_batch_size=16)
+    # fp32 pinned: these tests compare batched, padded decoding token for token with one-prompt `generate`; bf16
+    # rounds differently per batch shape and can flip a near tie (it matched here at 16 tokens, but need not).
+    # What `auto` picks is covered in test_dtype.py.
+    return TransformersEngine(model_path, max_batch_size=16, torch_dtype="float32")
 
 
 def test_greedy_matches_model_generate(engine):

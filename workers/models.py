@@ -48,6 +48,17 @@ def resolve_model(model: str) -> str:
     raise ModelLoadError(f"--model {model!r}: no such model folder (and not a hub id or the alias {DEMO_ALIAS!r})")
 
 
+def model_file(path: str, filename: str) -> str | None:
+    """``filename`` of a model folder or of a hub repo in the local cache, or None when it has none."""
+    local = Path(path)
+    if local.is_dir():
+        return str(local / filename) if (local / filename).is_file() else None
+    from transformers.utils import cached_file
+
+    return cached_file(path, filename, _raise_exceptions_for_missing_entries=False,
+                       _raise_exceptions_for_connection_errors=False)
+
+
 @contextlib.contextmanager
 def _lock(path: Path) -> Iterator[None]:
     """Only one process converts at a time; the others wait and then find it done."""

@@ -28,12 +28,12 @@ from transformers.generation.logits_process import (
 
 from schemas import Candidate, Generation, JobSpec, Prompt, SamplingParams
 from schemas.errors import ConfigError, ModelLoadError
+from workers.dtypes import DtypeChoice, resolve_dtype, torch_dtype as to_torch
 from workers.engines.base import Engine
 from workers.models import resolve_model
+from workers.threads import apply_torch_threads
 
 log = logging.getLogger(__name__)
-
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass
@@ -53,11 +53,16 @@ class TransformersEngine(Engine):
     def __init__(self, model: str, *, torch_dtype: str = "auto", max_batch_size: int = 128,
                  max_batch_tokens: int | None = None, engine_kwargs: dict | None = None) -> None:
         path = resolve_model(model)
+        apply_torch_threads()
         kwargs = dict(engine_kwargs or {})
-        kwargs.setdefault("dtype", _DTYPES.get(torch_dtype, "auto"))
         # The first GPU the process sees (one worker per GPU via CUDA_VISIBLE_DEVICES), else the CPU;
         # --engine_kwargs '{"device_map": ...}' leaves placement to accelerate instead.
         device = kwargs.pop("device", "cuda" if torch.cuda.is_available() else "cpu")
+        given = kwargs.get("dtype", kwargs.get("torch_dtype"))
+        self.dtype_choice = (DtypeChoice(str(given), "--engine_kwargs") if given is not None
+                             else resolve_dtype(torch_dtype, path, str(device), what=f"--model {model}"))
+        if given is None:
+            kwargs["dtype"] = to_torch(self.dtype_choice.dtype)
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(path)
             self.model = AutoModelForCausalLM.from_pretrained(path, **kwargs).eval()
@@ -83,7 +88,8 @@ class TransformersEngine(Engine):
         import transformers
 
         return {"engine": self.name, "model": self.model_name, "transformers": transformers.__version__,
-                "torch": torch.__version__, "dtype": str(self.model.dtype).removeprefix("torch.")}
+                "torch": torch.__version__, "dtype": str(self.model.dtype).removeprefix("torch."),
+                "dtype_reason": self.dtype_choice.reason, "threads": str(torch.get_num_threads())}
 
     def _eos_ids(self) -> list[int]:
         ids = self.model.generation_config.eos_token_id

@@ -10,7 +10,6 @@ import importlib.util
 import logging
 import math
 import multiprocessing
-import os
 import re
 import time
 from collections import deque
@@ -23,6 +22,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from schemas.errors import ConfigError, PermanentError
 from workers.scoring.answers import equivalent, extract_answer, normalize, reference_answer
 from workers.scoring.base import ORM, InferRequest
+from workers.threads import checker_processes
 
 if TYPE_CHECKING:
     from schemas import JobSpec
@@ -214,6 +214,8 @@ class MathORM(ORM):
     Answers come from the last ``\\boxed{}``, a ``# Answer`` line or an ``<answer>`` tag (a bare reference is
     used whole). Identical normalised answers pass at once; the rest go, deduplicated and in chunks, to
     checker processes with a per-check ``timeout``. No answer, an unparsable one or an overrun scores 0.0.
+    ``workers`` checker processes (default ``workers.threads.checker_processes()``: the cores this process may
+    use, at most 2, or ``SAMPLEFLEET_THREADS``), each single-threaded.
     """
 
     name: ClassVar[str] = "math"
@@ -224,12 +226,12 @@ class MathORM(ORM):
             raise ConfigError("--orm_model math needs the math-verify package: pip install 'math-verify>=0.9' "
                               "(or the project's scoring extra)")
         self.timeout = timeout
-        self.workers = workers or min(2, os.cpu_count() or 1)
+        self.workers = workers or checker_processes()
         self._pool: _CheckerPool | None = None
 
     @classmethod
     def from_spec(cls, spec: JobSpec) -> MathORM:
-        opts = _options(spec, cls.name, {"timeout": 5.0, "workers": min(2, os.cpu_count() or 1)})
+        opts = _options(spec, cls.name, {"timeout": 5.0, "workers": checker_processes()})
         return cls(timeout=_require("timeout", opts["timeout"], lambda v: v > 0, "a number of seconds > 0"),
                    workers=_require("workers", opts["workers"], _whole, "a whole number >= 1"))
 

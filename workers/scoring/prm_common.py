@@ -12,11 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from schemas.errors import ConfigError, ModelLoadError, PermanentError
-from workers.models import DEMO_ALIAS
+from workers.models import DEMO_ALIAS, model_file
 from workers.scoring.base import PRM, InferRequest
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-_DTYPES = ("float32", "bfloat16", "float16")
 
 
 def _is_int(v: Any, low: int = 1) -> bool:
@@ -81,17 +80,6 @@ def resolve_prm_path(name: str) -> str:
                          f"the alias {DEMO_ALIAS!r} or a registered PRM ({', '.join(prms.names())})")
 
 
-def model_file(path: str, filename: str) -> str | None:
-    """``filename`` of a folder or cached hub repo, or None when it has none."""
-    local = Path(path)
-    if local.is_dir():
-        return str(local / filename) if (local / filename).is_file() else None
-    from transformers.utils import cached_file
-
-    return cached_file(path, filename, _raise_exceptions_for_missing_entries=False,
-                       _raise_exceptions_for_connection_errors=False)
-
-
 def read_config(name: str, path: str) -> dict[str, Any]:
     """The model's config.json as a dict (a ModelLoadError when there is none)."""
     import json
@@ -121,10 +109,14 @@ def pick_device(device: str | None) -> str:
     return device or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def dtype_of(torch_dtype: str) -> Any:
-    import torch
+def prepare_torch(name: str, path: str, device: str, torch_dtype: str) -> Any:
+    """Before a PRM loads: this process's torch threads set (``workers.threads``), and the dtype to load it in
+    (``workers.dtypes``: under ``auto``, bf16 where the device runs it natively, as the engine does)."""
+    from workers.dtypes import resolve_dtype, torch_dtype as to_torch
+    from workers.threads import apply_torch_threads
 
-    return getattr(torch, torch_dtype) if torch_dtype in _DTYPES else "auto"
+    apply_torch_threads()
+    return to_torch(resolve_dtype(torch_dtype, path, device, what=f"--prm_model {name}").dtype)
 
 
 # --------------------------------------------------------------------------------------------- batching

@@ -18,11 +18,11 @@ from workers.scoring.prm_common import (
     batches,
     check_inputs,
     context_of,
-    dtype_of,
     last_user_turn,
     load_pretrained,
     padded_forward,
     pick_device,
+    prepare_torch,
     read_config,
     render,
     resolve_prm_path,
@@ -52,7 +52,8 @@ class SeqClsPRM(HFPRM):
         self.name, path = model, resolve_prm_path(model)
         self.batch_size, self.device = batch_size, pick_device(device)
         self.tokenizer = load_pretrained(model, path, AutoTokenizer, trust_remote_code=trust_remote_code)
-        self.model = load_pretrained(model, path, AutoModelForSequenceClassification, dtype=dtype_of(torch_dtype),
+        dtype = prepare_torch(model, path, self.device, torch_dtype)
+        self.model = load_pretrained(model, path, AutoModelForSequenceClassification, dtype=dtype,
                                      trust_remote_code=trust_remote_code).to(self.device).eval()
         self.num_labels = self.model.config.num_labels
         if self.num_labels not in (1, 2):
@@ -116,7 +117,8 @@ class StepPRM(HFPRM):
         archs = read_config(model, path).get("architectures") or []
         token_head = not any("ProcessRewardModel" in a for a in archs)
         loader = AutoModelForTokenClassification if token_head else AutoModel
-        self.model = load_pretrained(model, path, loader, dtype=dtype_of(torch_dtype),
+        dtype = prepare_torch(model, path, self.device, torch_dtype)
+        self.model = load_pretrained(model, path, loader, dtype=dtype,
                                      trust_remote_code=trust_remote_code).to(self.device).eval()
         if token_head and self.model.config.num_labels != 2:
             raise ModelLoadError(f"--prm_model {model!r}: a step PRM's token head has 2 labels; "
@@ -196,7 +198,8 @@ class JudgePRM(HFPRM):
         self.name, path = model, resolve_prm_path(model)
         self.batch_size, self.device = batch_size, pick_device(device)
         self.tokenizer = load_pretrained(model, path, AutoTokenizer)
-        self.model = load_pretrained(model, path, AutoModelForCausalLM, dtype=dtype_of(torch_dtype)).to(self.device).eval()
+        dtype = prepare_torch(model, path, self.device, torch_dtype)
+        self.model = load_pretrained(model, path, AutoModelForCausalLM, dtype=dtype).to(self.device).eval()
         self.yes_ids, self.no_ids = self._word_ids(("Yes", "yes")), self._word_ids(("No", "no"))
         if not self.yes_ids or not self.no_ids:
             raise ModelLoadError(f"--prm_model {model!r}: the tokenizer of {path} has no single token for Yes or No")
