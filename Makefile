@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.samplefleet-installed
 VLLM_VENV ?= .venv-vllm
 VLLM_STAMP := $(VLLM_VENV)/.samplefleet-installed
 
-.PHONY: setup model demo test test-main test-vllm vllm-venv clean
+.PHONY: setup model demo test test-main test-vllm vllm-venv browser clean
 
 setup: $(STAMP) model
 
@@ -44,7 +44,13 @@ vllm-venv: $(VLLM_STAMP) model
 
 test: vllm-venv test-main test-vllm
 
-test-main: setup
+# Headless Chromium for tests/test_report.py's browser check, where apt is there and we are root; else it skips.
+browser:
+	@command -v chromium >/dev/null || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; } || \
+	  echo "no chromium (no apt, or not root): tests/test_report.py's browser check will skip"
+
+test-main: setup browser
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 test-vllm: vllm-venv

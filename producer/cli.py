@@ -50,6 +50,12 @@ def _parser() -> argparse.ArgumentParser:
         _common(cmd, broker_help="Redis URL of the fleet (default $SAMPLEFLEET_BROKER_URL)")
     listing = sub.add_parser("list", help="the fleet's jobs, newest first")
     _common(listing, broker_help="Redis URL of the fleet (default $SAMPLEFLEET_BROKER_URL)")
+    report = sub.add_parser("report", help="write a self-contained HTML page about a finished run",
+                            description="Rewards, pass rates, pass@k, lengths, throughput, the prompts that got no "
+                            "row and the options of a finished run, as one HTML file with inline images.")
+    report.add_argument("target", metavar="OUTPUT_FILE_OR_JOB_ID", help="the run's .jsonl, or a fleet job id")
+    report.add_argument("--output", help="where to write the page (default: <output name>.report.html beside it)")
+    _common(report, broker_help="with a job id: Redis URL of the fleet (default $SAMPLEFLEET_BROKER_URL)")
     metrics = sub.add_parser("metrics", help="serve queue depths and job progress for Prometheus on /metrics")
     metrics.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     metrics.add_argument("--port", type=int, default=9808, help="port (default 9808)")
@@ -118,6 +124,17 @@ def _finish(status) -> int:
 def command(args: argparse.Namespace) -> int:
     if args.command == "submit":
         return submit(args)
+    if args.command == "report":
+        from producer.report import write_report
+
+        if not os.path.exists(args.target) and not args.broker:
+            raise ConfigError(f"report {args.target}: no such output file (a fleet job id needs --broker or "
+                              "SAMPLEFLEET_BROKER_URL)")
+        target = args.target if os.path.exists(args.target) else _fleet(args).status(args.target).output
+        if target is None:
+            raise ConfigError(f"report {args.target}: no such file, and the fleet's job has no output yet")
+        print(f"wrote {write_report(target, args.output)}")
+        return 0
     fleet = _fleet(args)
     if args.command == "list":
         for status in fleet.list():
