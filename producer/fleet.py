@@ -1,18 +1,17 @@
 """The producer's side of the fleet: record a job in Redis, enqueue its shards, report and steer it.
 
-Tasks are sent by name and job state is read by key (both from ``schemas.fleet``): the producer
-never imports the workers. Every option and every row is checked before anything is enqueued, and
+Tasks are sent by name (``schemas.fleet``) and the job state is changed only through
+``schemas.state``: the producer never imports the workers. Every option and every row is checked before anything is enqueued, and
 the output location is checked by a worker (which holds the storage credentials) through the
 ``open_job`` task, so a job that cannot finish never half-starts.
 """
 from __future__ import annotations
 
-import json
 import logging
-import os
 import time
 import uuid
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -23,13 +22,16 @@ from celery.exceptions import TimeoutError as CeleryTimeout
 
 from producer.datasets import PromptStream
 from producer.submit import cut_shards, part_size
-from schemas import JobSpec
-from schemas.errors import ConfigError, SampleFleetError, TransientError
-from schemas.fleet import (QUEUE_AGGREGATE, QUEUE_CONTROL, STAGES, TASK_FINALISE, TASK_GENERATE, TASK_OPEN, Keys,
-                           celery_settings, model_queue, redis_options)
+from schemas import JobSpec, PromptShard
+from schemas.errors import ConfigError, DataError, SampleFleetError, TransientError
+from schemas.fleet import QUEUE_CONTROL, TASK_GENERATE, TASK_OPEN, celery_settings, model_queue, redis_options
+from schemas.reaper import Reaper
+from schemas.records import fingerprint, rows_note
+from schemas.settings import settings
+from schemas.state import STAGES, JobRecord, JobState, Keys, StateError, Status
 
 log = logging.getLogger(__name__)
-FINISHED = ("done", "partial", "cancelled")
+FINISHED = tuple(s.value for s in Status if s.finished)
 
 
 def redact(url: str) -> str:
@@ -42,45 +44,66 @@ def redact(url: str) -> str:
 
 
 def for_workers(spec: JobSpec) -> JobSpec:
-    """Paths made absolute: workers do not share the producer's working directory."""
+    """Paths made absolute: workers (and a later `producer resume`) do not share this working directory."""
     def absolute(path: str) -> str:
         return path if "://" in path else str(Path(path).expanduser().resolve())
 
-    return spec.model_copy(update={"output_dir": absolute(spec.output_dir),
+    datasets = [ds.model_copy(update={"source": absolute(ds.source)}) if Path(ds.source).expanduser().exists()
+                else ds for ds in spec.datasets]
+    return spec.model_copy(update={"output_dir": absolute(spec.output_dir), "datasets": datasets,
                                    "external_plugins": [absolute(p) for p in spec.external_plugins],
                                    "cache_files": [absolute(p) for p in spec.cache_files]})
 
 
 class Fleet:
-    """A connection to one fleet (its Redis broker and state store)."""
+    """A connection to one fleet: its broker, job-state store and result backend (default: all the broker)."""
 
-    def __init__(self, broker: str, state: str | None = None) -> None:
-        self.broker, self.state_url = broker, state or broker
+    def __init__(self, broker: str, state: str | None = None, result: str | None = None) -> None:
+        self.broker, self.state_url, self.result_url = broker, state or broker, result or broker
         self.db = redis.Redis.from_url(self.state_url, **redis_options())
         try:
             redis.Redis.from_url(self.state_url, socket_connect_timeout=5).ping()  # fail fast here, not after retries
         except redis.AuthenticationError as exc:
-            raise ConfigError(f"--broker {redact(self.state_url)}: Redis refused the password ({exc})") from None
+            raise ConfigError(f"{self._named()}: Redis refused the password ({exc})") from None
         except redis.ResponseError as exc:
-            raise ConfigError(f"--broker {redact(self.state_url)}: Redis refused the connection ({exc})") from None
+            raise ConfigError(f"{self._named()}: Redis refused the connection ({exc})") from None
         except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
-            raise TransientError(f"--broker {redact(self.state_url)}: unreachable ({exc})") from None
+            raise TransientError(f"{self._named()}: unreachable ({exc})") from None
+
+    @classmethod
+    def from_settings(cls, broker: str) -> "Fleet":
+        """The fleet at ``broker``, with SAMPLEFLEET_STATE_URL / SAMPLEFLEET_RESULT_URL as the workers read them."""
+        env = settings()
+        return cls(broker, env.state_url, env.result_url)
+
+    def _named(self) -> str:
+        where = "SAMPLEFLEET_STATE_URL" if self.state_url != self.broker else "--broker"
+        return f"{where} {redact(self.state_url)}"
 
     @cached_property
     def celery(self) -> Celery:
         app = Celery("samplefleet-producer")
-        app.conf.update(celery_settings(self.broker, self.state_url))  # TLS options follow these URLs
+        app.conf.update(celery_settings(self.broker, self.result_url))  # TLS options follow these URLs
         return app
+
+    def state(self, job_id: str) -> JobState:
+        return JobState(self.db, job_id)
+
+    def _send(self, task: str, args: list, queue: str) -> None:
+        self.celery.send_task(task, args=args, queue=queue, ignore_result=True)
+
+    def sweep(self) -> int:
+        """One reaper pass (the workers run the same): lost workers' shards and orphaned finalisations sent."""
+        return Reaper(self.db, self._send, settings()).maybe_sweep()
 
     # --- submit ----------------------------------------------------------------------------------------------
 
     def submit(self, spec: JobSpec, *, open_timeout: float | None = None) -> str:
         """Check data and output, record the job, enqueue every shard not already done; the job id.
 
-        ``open_timeout`` (default $SAMPLEFLEET_OPEN_TIMEOUT or 60 s): how long a worker may take to check
-        the output location.
+        ``open_timeout`` (default SAMPLEFLEET_OPEN_TIMEOUT): how long a worker may take to check the output.
         """
-        open_timeout = open_timeout or float(os.environ.get("SAMPLEFLEET_OPEN_TIMEOUT", 60))
+        open_timeout = open_timeout or settings().open_timeout
         spec = for_workers(spec)
         stream = PromptStream(spec)
         total = stream.count()
@@ -92,28 +115,23 @@ class Fleet:
                               "prompts is empty")
         job_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
         done = self._open(spec, open_timeout)
-        keys = Keys(job_id)
+        if done:  # shards an earlier run left in the output: they must hold the same prompts as now
+            _check_unchanged(cut_shards(stream.iterate(total), job_id, spec.shard_size), done)
         queue = model_queue(spec.model)
-        shards = -(-prompts // spec.shard_size)
-        pipe = self.db.pipeline()
-        pipe.hset(keys.job, mapping={"spec": spec.model_dump_json(), "shards": shards, "prompts": prompts,
-                                     "bad_rows": json.dumps(stream.bad_rows), "created": time.time(),
-                                     "status": "running", "queue": queue})
-        pipe.zadd(Keys.jobs, {job_id: time.time()})
-        pipe.sadd(Keys.queues, queue)
-        if done:
-            pipe.sadd(keys.stage["aggregate"], *done)
-        pipe.execute()
+        record = JobRecord(id=job_id, spec=spec, shards=-(-prompts // spec.shard_size), prompts=prompts,
+                           rows_read=total, bad_rows=stream.bad_rows, created=time.time(), queue=queue)
+        state = JobState.create(self.db, record, done=done)
         self.celery.control.broadcast("samplefleet_follow", arguments={"queue": queue})
-        self._enqueue(job_id, spec, stream, total, skip=set(done))
-        log.info("job %s: %d prompts in %d shards on queue %s", job_id, prompts, shards, queue)
+        self._enqueue(state, spec, stream, total, skip=set(done))
+        log.info("job %s: %d prompts in %d shards on queue %s", job_id, prompts, record.shards, queue)
         return job_id
 
-    def _open(self, spec: JobSpec, timeout: float) -> list[int]:
+    def _open(self, spec: JobSpec, timeout: float) -> dict[int, str]:
+        """A worker checks the output location; the shards already done there, with their fingerprints."""
         result = self.celery.send_task(TASK_OPEN, args=[spec.model_dump_json()], queue=QUEUE_CONTROL,
                                        argsrepr=f"(<job spec: {spec.model} -> {spec.output_dir}/{spec.output_file}>)")
         try:
-            return list(result.get(timeout=timeout, propagate=True))
+            return {int(k): v for k, v in dict(result.get(timeout=timeout, propagate=True)).items()}
         except CeleryTimeout:
             result.revoke()
             raise TransientError(f"no worker answered within {timeout:.0f}s: start one with "
@@ -126,100 +144,122 @@ class Fleet:
             result.backend.remove_pending_result(result)
             result.backend = None
 
-    def _enqueue(self, job_id: str, spec: JobSpec, stream: PromptStream, total: int, skip: set[int]) -> int:
-        """Send every shard not in ``skip``; how many were sent.
+    def _enqueue(self, state: JobState, spec: JobSpec, stream: PromptStream, total: int, *, skip: set[int],
+                 only: set[int] | None = None, batch: int = 256) -> int:
+        """Send every shard not in ``skip`` (and in ``only``, when given); how many were sent.
 
-        One producer for the whole loop, and ``ignore_result``: otherwise Celery subscribes to each task's
-        result channel as it sends it, a SUBSCRIBE per shard and a subscription list that grows with the
-        job (the stage tasks store no result; job state lives in our own keys).
+        Each batch of shards is recorded as queued (with its fingerprint) before it is sent. One producer for
+        the whole loop, and ``ignore_result``: otherwise Celery subscribes to each task's result channel as it
+        sends it, a SUBSCRIBE per shard and a subscription list that grows with the job.
         """
-        queue, sent = model_queue(spec.model), 0
+        queue, sent, pending = model_queue(spec.model), 0, []
+
+        def flush() -> None:
+            state.queued({s.index: fingerprint(s.prompts) for s in pending})
+            for shard in pending:
+                self.celery.send_task(TASK_GENERATE, args=[state.id, shard.index, shard.model_dump_json()],
+                                      queue=queue, producer=producer, ignore_result=True,
+                                      argsrepr=f"({state.id!r}, {shard.index}, <{len(shard.prompts)} prompts>)")
+            pending.clear()
+
         with self.celery.producer_or_acquire() as producer:
-            for shard in cut_shards(stream.iterate(total), job_id, spec.shard_size):
-                if shard.index not in skip:
-                    self.celery.send_task(TASK_GENERATE, args=[job_id, shard.index, shard.model_dump_json()],
-                                          queue=queue, producer=producer, ignore_result=True,
-                                          argsrepr=f"({job_id!r}, {shard.index}, <{len(shard.prompts)} prompts>)")
+            for shard in cut_shards(stream.iterate(total), state.id, spec.shard_size):
+                if shard.index in skip:
+                    state.db.hset(state.keys.fingerprint, shard.index, fingerprint(shard.prompts))
+                elif only is None or shard.index in only:
+                    pending.append(shard)
                     sent += 1
+                    if len(pending) >= batch:
+                        flush()
+            flush()
         return sent
 
     # --- inspect and steer -----------------------------------------------------------------------------------
 
-    def _job(self, job_id: str) -> dict[str, str]:
-        raw = self.db.hgetall(Keys(job_id).job)
-        if not raw:
+    def _record(self, job_id: str) -> JobRecord:
+        try:
+            return self.state(job_id).record()
+        except KeyError:
             raise ConfigError(f"job {job_id!r}: unknown (see `producer list`; if Redis lost its data, submit the "
-                              "same job again with --resume true: shards already in the output are kept)")
-        return {k.decode(): v.decode() for k, v in raw.items()}
+                              "same job again with --resume true: shards already in the output are kept)") from None
 
     def status(self, job_id: str) -> "JobStatus":
-        job, keys = self._job(job_id), Keys(job_id)
-        counters = {k.decode(): int(v) for k, v in self.db.hgetall(keys.counters).items()}
+        record, state = self._record(job_id), self.state(job_id)
+        leases = {i: {"stage": lease.stage, "worker": lease.owner, "state": lease.state, "age": round(age, 1),
+                      "expires_in": round(left, 1)} for i, (lease, age, left) in state.leases().items()}
         return JobStatus(
-            job_id=job_id, status=job["status"], shards=int(job["shards"]), prompts=int(job["prompts"]),
-            stages={stage: self.db.scard(keys.stage[stage]) for stage in STAGES},
-            failed={int(k): v.decode() for k, v in self.db.hgetall(keys.failed).items()},
-            running={int(k): json.loads(v) for k, v in self.db.hgetall(keys.running).items()},
-            created=float(job["created"]), finished=float(job["finished"]) if "finished" in job else None,
-            output=job.get("output"), counters=counters, scored=JobSpec.model_validate_json(job["spec"]).scored)
+            job_id=job_id, status=record.status.value, shards=record.shards, prompts=record.prompts,
+            stages=state.stage_counts(), failed=state.failures(), running=leases, requeued=state.requeued(),
+            requeues=record.requeues, created=record.created, finished=record.finished, output=record.output,
+            counters=state.counters(), scored=record.spec.scored)
 
     def list(self) -> list["JobStatus"]:
         return [self.status(j.decode()) for j in self.db.zrevrange(Keys.jobs, 0, -1)]
 
     def cancel(self, job_id: str) -> None:
-        """Workers skip the job's remaining tasks; finished parts stay where they are."""
-        self._job(job_id)
-        self.db.hset(Keys(job_id).job, "status", "cancelled")
+        """Workers skip the job's remaining tasks; finished parts stay where they are. A finished job is refused."""
+        self._record(job_id)
+        try:
+            self.state(job_id).cancel()
+        except StateError as exc:
+            raise ConfigError(str(exc)) from None
 
-    def resume(self, job_id: str, *, stale_after: float | None = None) -> int:
-        """Re-enqueue the shards that are neither aggregated nor in flight; how many were sent.
+    def resume(self, job_id: str) -> int:
+        """Send again the shards that are neither aggregated, nor leased by a live worker, nor queued; how many.
 
-        A job whose shards are all aggregated but which is not finished (its finaliser died) is sent
-        to be finalised instead.
+        The data is read again from the job's (absolute) dataset paths and must hold the same prompts: a
+        changed dataset is refused, naming the first shard that differs, before anything is sent. A job whose
+        shards are all aggregated but which is not finished (its finaliser was lost) is sent to be finalised.
         """
-        job, keys = self._job(job_id), Keys(job_id)
-        if job["status"] == "done":
-            raise ConfigError(f"job {job_id} is done: nothing to resume (output: {job.get('output')})")
-        spec = JobSpec.model_validate_json(job["spec"])
-        stale_after = stale_after if stale_after is not None else celery_settings()["broker_transport_options"][
-            "visibility_timeout"]
-        done = {int(i) for i in self.db.smembers(keys.stage["aggregate"])}
-        running = {int(k) for k, v in self.db.hgetall(keys.running).items()
-                   if time.time() - json.loads(v)["since"] < stale_after}
-        skip = done | running
-        with self.db.pipeline() as pipe:  # only if no finaliser finished the job since it was read
-            try:
-                pipe.watch(keys.job)
-                if pipe.hget(keys.job, "status") != job["status"].encode():
-                    raise redis.WatchError
-                pipe.multi()
-                pipe.delete(keys.failed, keys.deliveries, keys.finalising)
-                pipe.hset(keys.job, "status", "running")
-                pipe.hdel(keys.job, "finished")
-                pipe.execute()
-            except redis.WatchError:
-                raise ConfigError(f"job {job_id} changed while resuming (it may have just finished): see "
-                                  f"`producer status {job_id}`") from None
-        if len(done) >= int(job["shards"]):
-            self.celery.send_task(TASK_FINALISE, args=[job_id], queue=QUEUE_AGGREGATE)
-            return 0
+        record, state = self._record(job_id), self.state(job_id)
+        if record.status is Status.DONE:
+            raise ConfigError(f"job {job_id} is done: nothing to resume (output: {record.output})")
+        spec = record.spec
         stream = PromptStream(spec)
-        return self._enqueue(job_id, spec, stream, stream.count(), skip)
+        total = stream.count()
+        if total != record.rows_read:
+            raise DataError(f"job {job_id}: the data changed since the job began ({record.rows_read} prompts read "
+                            f"then, {total} now from {', '.join(map(str, spec.datasets))}); resume with the same "
+                            "data, or submit a new job")
+        _check_unchanged(cut_shards(stream.iterate(total), job_id, spec.shard_size), state.fingerprints())
+        try:
+            again = state.resume(record.status, record.shards)
+        except StateError as exc:
+            raise ConfigError(str(exc)) from None
+        if not again:
+            self.sweep()  # sends the finalisation of a job whose shards are all settled
+            return 0
+        return self._enqueue(state, spec, stream, total, skip=set(), only=set(again))
 
     def wait(self, job_id: str, *, progress: bool = True, poll: float = 0.5) -> "JobStatus":
-        """Show a bar per stage until the job ends; its last status."""
+        """Show a bar per stage until the job ends; its last status. Makes the reaper's pass as it waits."""
         from producer.progress import StageBars
 
+        interval = settings().reap_interval
+        swept = time.monotonic()
         status = self.status(job_id)
         bars = StageBars(status, enabled=progress)
         try:
             while status.status not in FINISHED:
                 time.sleep(poll)
+                if time.monotonic() - swept >= interval:
+                    self.sweep()
+                    swept = time.monotonic()
                 status = self.status(job_id)
                 bars.update(status)
         finally:
             bars.close()
         return status
+
+
+def _check_unchanged(shards: Iterable[PromptShard], expected: dict[int, str]) -> None:
+    """Refuse data whose shards hold other prompts than when the run began (unknown fingerprints pass)."""
+    for shard in shards:
+        before = expected.get(shard.index)
+        if before and before != fingerprint(shard.prompts):
+            raise DataError(f"the data changed since the run began: shard {shard.index}{rows_note(shard.prompts)} "
+                            "holds other prompts than before; resume with the same data, or start over "
+                            "(a new job, or --override_exist_file true)")
 
 
 @dataclass(frozen=True)
@@ -230,12 +270,14 @@ class JobStatus:
     prompts: int
     stages: dict[str, int]
     failed: dict[int, str]
-    running: dict[int, dict]
+    running: dict[int, dict]  # shard -> its lease: stage, worker, state, age (s), expires_in (s)
     created: float
     finished: float | None
     output: str | None
     counters: dict[str, int]
     scored: bool
+    requeued: dict[int, int] = field(default_factory=dict)  # shard -> times sent again after a lost worker
+    requeues: int = 0
 
     @property
     def seconds(self) -> float:
@@ -247,11 +289,20 @@ class JobStatus:
         lines = [f"job {self.job_id}: {self.status}, {self.prompts} prompts in {self.shards} shards, "
                  f"{self.seconds:.0f}s",
                  "  " + ", ".join(f"{stage} {self.stages[stage]}/{self.shards}" for stage in stages)
-                 + f", failed {len(self.failed)}, in flight {len(self.running)}"]
+                 + f", failed {len(self.failed)}, in flight {len(self.running)}, re-queued {self.requeues}"]
         if self.counters:
             rate = self.counters.get("candidates", 0) / max(self.seconds, 1e-9)
             lines.append(f"  {self.counters.get('rows', 0)} rows, {self.counters.get('candidates', 0)} samples, "
                          f"{self.counters.get('tokens', 0)} tokens ({rate:.1f} samples/s)")
+        for index, lease in sorted(self.running.items()):
+            held = {"running": f"on {lease['worker']}", "retry": "waiting to retry",
+                    "requeued": "sent again (its worker was lost)"}.get(lease["state"], lease["state"])
+            expiry = (f"lease expires in {lease['expires_in']:.0f}s" if lease["expires_in"] >= 0 else
+                      f"lease expired {-lease['expires_in']:.0f}s ago")
+            lines.append(f"  shard {index}: {lease['stage']} {held}, for {lease['age']:.0f}s, {expiry}")
+        if self.requeued:
+            lines.append("  re-queued after a lost worker: " + ", ".join(
+                f"shard {i}" + (f" ({n}x)" if n > 1 else "") for i, n in sorted(self.requeued.items())))
         lines += [f"  shard {k} failed: {v}" for k, v in sorted(self.failed.items())]
         if self.output:
             lines.append(f"  output: {self.output}")

@@ -1,63 +1,32 @@
-"""The fleet's contract between the producer and the workers: task and queue names, Redis keys,
-and the Celery settings both sides must agree on. Plain data; the producer sends tasks by name and
-reads job state by key, so it never imports the workers (nor torch).
+"""The fleet's contract between the producer and the workers: task and queue names and the Celery
+settings both sides must agree on (job state and its Redis keys: ``schemas.state``). The producer sends
+tasks by name, so it never imports the workers (nor torch).
 """
 from __future__ import annotations
 
-import os
 import re
 from typing import Any
+
+from schemas.settings import settings
 
 # Task names (readable in Flower) and the queues they go to.
 TASK_OPEN = "samplefleet.open_job"
 TASK_GENERATE = "samplefleet.generate"
 TASK_SCORE = "samplefleet.score"
 TASK_AGGREGATE = "samplefleet.aggregate"
-TASK_FINALISE = "samplefleet.finalise"  # sent by `producer resume` for a job whose shards are all settled
+TASK_FINALISE = "samplefleet.finalise"  # sent by the reaper for a job whose shards are all settled
 QUEUE_GENERATE = "generate"
 QUEUE_SCORE = "score"
 QUEUE_AGGREGATE = "aggregate"
 QUEUE_CONTROL = "control"  # small jobs: open_job
 DEFAULT_QUEUES = (QUEUE_GENERATE, QUEUE_SCORE, QUEUE_AGGREGATE, QUEUE_CONTROL)
 
-STAGES = ("generate", "score", "aggregate")
-KEY_PREFIX = "samplefleet"
 
-
-def model_queue(model: str) -> str:
+def model_queue(model: str | None) -> str:
     """``generate.<model>``: generator workers of one model listen here, so its weights stay warm."""
+    model = model or "none"
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", model.rstrip("/").rsplit("/", 2)[-1] if "/" in model else model)
     return f"{QUEUE_GENERATE}.{slug.strip('-') or 'model'}"
-
-
-class Keys:
-    """Redis keys of one job (all under ``samplefleet:``)."""
-
-    jobs = f"{KEY_PREFIX}:jobs"  # sorted set: job id -> created time
-    queues = f"{KEY_PREFIX}:queues"  # set: generate queues in use, followed by workers that serve every queue
-
-    def __init__(self, job_id: str) -> None:
-        base = f"{KEY_PREFIX}:job:{job_id}"
-        self.job = base  # hash: spec, shards, created, status, output, ...
-        self.stage = {stage: f"{base}:{stage}" for stage in STAGES}  # sets of shard indices done per stage
-        self.failed = f"{base}:failed"  # hash: shard -> error
-        self.deliveries = f"{base}:deliveries"  # hash: "stage:shard" -> times its task was delivered
-        self.running = f"{base}:running"  # hash: shard -> "stage worker since" of the task in flight
-        self.counters = f"{base}:counters"  # hash: candidates, tokens, rows (counted once per shard)
-        self.finalising = f"{base}:finalising"  # lock (with a TTL): only one aggregator assembles the output
-
-
-def _env_int(name: str, default: int) -> int:
-    return int(os.environ.get(name, default))
-
-
-def broker_url() -> str:
-    return os.environ.get("SAMPLEFLEET_BROKER_URL", "redis://127.0.0.1:6379/0")
-
-
-def state_url() -> str:
-    """Where job state lives (SAMPLEFLEET_STATE_URL, default the broker's Redis)."""
-    return os.environ.get("SAMPLEFLEET_STATE_URL", broker_url())
 
 
 def redis_options() -> dict[str, Any]:
@@ -75,12 +44,6 @@ def redis_options() -> dict[str, Any]:
     return {"socket_timeout": 30, "socket_connect_timeout": 5, "health_check_interval": 30,
             "retry": Retry(ExponentialBackoff(cap=5, base=0.2), retries=14),
             "retry_on_error": [ConnectionError]}
-
-
-def finalise_timeout() -> int:
-    """Seconds a finaliser may hold the lock (SAMPLEFLEET_FINALISE_TIMEOUT, default 1800): if it dies
-    mid-way, another aggregator (or `producer resume`) can finalise the job after that."""
-    return _env_int("SAMPLEFLEET_FINALISE_TIMEOUT", 1800)
 
 
 def tls_options(url: str) -> dict[str, Any] | None:
@@ -116,8 +79,8 @@ def celery_settings(broker: str | None = None, result: str | None = None) -> dic
     - prefetch 1: a GPU worker holds one shard at a time; others are not stuck behind it.
     - visibility_timeout: with Redis an unacknowledged message is redelivered after this many seconds,
       so it must exceed the longest shard (default 6 h), or a slow shard would run twice (harmless, but
-      wasted work). The same on the result backend. Shorten it (SAMPLEFLEET_VISIBILITY_TIMEOUT) to
-      recover killed workers sooner.
+      wasted work). The same on the result backend. It is only the last resort: a lost worker's shard
+      comes back within seconds through its lease (``schemas.state``), whatever this is set to.
     - soft shutdown: on SIGTERM a worker gets SAMPLEFLEET_SOFT_SHUTDOWN seconds to finish its shard
       before the shard is handed back.
     - events on: Flower shows tasks live.
@@ -130,9 +93,10 @@ def celery_settings(broker: str | None = None, result: str | None = None) -> dic
 
     ``broker`` / ``result``: the URLs to use (default: from the environment).
     """
-    broker = broker or broker_url()
-    result = result or os.environ.get("SAMPLEFLEET_RESULT_URL", broker)
-    visibility = _env_int("SAMPLEFLEET_VISIBILITY_TIMEOUT", 6 * 3600)
+    env = settings()
+    broker = broker or env.broker_url
+    result = result or env.result_url or broker
+    visibility = env.visibility_timeout
     # kombu looks for expired unacknowledged messages every interval x throttle seconds (default 100 s):
     # sweep at a third of the timeout (at most every 10 s), so a killed worker's shard is back soon after.
     transport = {"visibility_timeout": visibility, "fanout_prefix": True, "fanout_patterns": True,
@@ -152,7 +116,7 @@ def celery_settings(broker: str | None = None, result: str | None = None) -> dic
         "broker_transport_options": transport,
         "result_backend_transport_options": {"visibility_timeout": visibility},
         "result_expires": 7 * 24 * 3600,
-        "worker_soft_shutdown_timeout": float(os.environ.get("SAMPLEFLEET_SOFT_SHUTDOWN", 60)),
+        "worker_soft_shutdown_timeout": env.soft_shutdown,
         "worker_send_task_events": True,
         "task_send_sent_event": True,
         "task_track_started": True,
@@ -167,8 +131,3 @@ def celery_settings(broker: str | None = None, result: str | None = None) -> dic
         "task_routes": {TASK_OPEN: {"queue": QUEUE_CONTROL}, TASK_SCORE: {"queue": QUEUE_SCORE},
                         TASK_AGGREGATE: {"queue": QUEUE_AGGREGATE}, TASK_FINALISE: {"queue": QUEUE_AGGREGATE}},
     }
-
-
-def max_attempts() -> int:
-    """Failed attempts after which a shard is marked failed (SAMPLEFLEET_MAX_ATTEMPTS, default 3)."""
-    return _env_int("SAMPLEFLEET_MAX_ATTEMPTS", 3)

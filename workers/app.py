@@ -1,9 +1,9 @@
 """The Celery app: ``celery -A workers.app worker [-Q QUEUES] [--pool solo]``.
 
-Configured from the environment (see ``schemas.fleet.celery_settings`` for every setting and why):
-``SAMPLEFLEET_BROKER_URL`` (default ``redis://127.0.0.1:6379/0``), ``SAMPLEFLEET_RESULT_URL`` and
-``SAMPLEFLEET_STATE_URL`` (default: the broker), ``SAMPLEFLEET_VISIBILITY_TIMEOUT``,
-``SAMPLEFLEET_SOFT_SHUTDOWN``, ``SAMPLEFLEET_MAX_ATTEMPTS``.
+Configured from the environment: every ``SAMPLEFLEET_*`` variable is a field of ``schemas.settings``
+(broker, state and result URLs, lease timings, attempts, time limits); the Celery settings built from
+them, with the reason for each, are in ``schemas.fleet.celery_settings``. Each worker also runs the
+reaper (``schemas.reaper``) that sends a lost worker's shard again once its lease expires.
 
 Queues: ``generate.<model>`` (one per model, so a worker's loaded weights stay warm), ``score``,
 ``aggregate``, ``control``. A worker started without ``-Q`` serves every queue; one started with
@@ -18,19 +18,29 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
+import threading
+import time
 
 from celery import Celery, signals
 from celery.worker.control import control_command
 from kombu import Queue
 
 from schemas.errors import SampleFleetError
-from schemas.fleet import DEFAULT_QUEUES, QUEUE_GENERATE, Keys, celery_settings, state_url
+from schemas.fleet import DEFAULT_QUEUES, QUEUE_GENERATE, celery_settings
+from schemas.reaper import Reaper
+from schemas.settings import SettingsError, settings
+from schemas.state import Keys
 from workers.jobs import connect
 
 log = logging.getLogger(__name__)
 
+try:
+    _conf = celery_settings()
+except SettingsError as exc:  # one line naming the variable, not a traceback from Celery's app loader
+    sys.exit(f"samplefleet worker: error: {exc}")
 app = Celery("samplefleet")
-app.conf.update(celery_settings())
+app.conf.update(_conf)
 app.conf.task_queues = [Queue(name) for name in DEFAULT_QUEUES]
 app.autodiscover_tasks(["workers"], related_name="tasks", force=True)
 
@@ -43,8 +53,25 @@ def _follows_models(consumer) -> bool:
 @signals.worker_ready.connect
 def _follow_known_models(sender, **kwargs) -> None:
     if _follows_models(sender):
-        for queue in connect(state_url()).smembers(Keys.queues):
+        for queue in connect(settings().state).smembers(Keys.queues):
             sender.add_task_queue(queue.decode())
+
+
+@signals.worker_ready.connect
+def _start_reaper(sender, **kwargs) -> None:
+    """Every worker runs a reaper thread; one at a time does the work (see ``schemas.reaper``)."""
+    env = settings()
+    reaper = Reaper(connect(env.state), lambda task, args, queue: app.send_task(task, args=args, queue=queue), env)
+
+    def loop() -> None:
+        while True:
+            try:
+                reaper.maybe_sweep()
+            except Exception as exc:  # noqa: BLE001 - Redis away for a moment: the next pass tries again
+                log.warning("reaper: %s: %s", type(exc).__name__, exc)
+            time.sleep(env.reap_interval)
+
+    threading.Thread(target=loop, name="samplefleet-reaper", daemon=True).start()
 
 
 @control_command(args=[("queue", str)], signature="<queue>")
@@ -58,7 +85,8 @@ def samplefleet_follow(state, queue: str) -> dict:
 
 @signals.worker_init.connect
 def _preload(sender, **kwargs) -> None:
-    model = os.environ.get("SAMPLEFLEET_PRELOAD_MODEL")
+    env = settings()
+    model = env.preload_model
     if not model:
         return
     if "prefork" in type(sender.pool_cls).__name__.lower() or "prefork" in str(sender.pool_cls).lower():
@@ -68,7 +96,7 @@ def _preload(sender, **kwargs) -> None:
     from workers.tasks import preload
 
     try:
-        preload(model, os.environ.get("SAMPLEFLEET_PRELOAD_ENGINE", "transformers"))
+        preload(model, env.preload_engine)
     except SampleFleetError as exc:
         log.critical("worker cannot serve --model %s: %s", model, exc)
         os._exit(3)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from pathlib import Path
@@ -59,12 +60,22 @@ class LocalStorage(Storage):
     def _path(self, key: str) -> Path:
         return self.root / key
 
+    def _temp(self, path: Path) -> Path:
+        """Unique to this write: every solo worker in a container is PID 1, so a PID alone would collide."""
+        return path.with_name(f".{path.name}.tmp{os.getpid()}-{uuid.uuid4().hex[:12]}")
+
     def write(self, key: str, data: bytes) -> None:
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+        tmp = self._temp(path)
+        try:
+            with tmp.open("wb") as out:
+                out.write(data)
+                out.flush()
+                os.fsync(out.fileno())  # on disk before the rename makes it visible: a crash leaves old or new
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
     def read(self, key: str) -> bytes:
         return self._path(key).read_bytes()
@@ -80,17 +91,30 @@ class LocalStorage(Storage):
                       if p.is_file() and ".tmp" not in p.name)
 
     def delete_prefix(self, prefix: str) -> None:
-        shutil.rmtree(self._path(prefix), ignore_errors=True)
+        """Raises OutputError when something is left: a caller must not take what remains for its own."""
+        from schemas.errors import OutputError
+
+        try:
+            shutil.rmtree(self._path(prefix))
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise OutputError(f"cannot delete {self.where(prefix)}: {exc}") from exc
 
     def concat(self, keys: Iterable[str], dest: str) -> None:
         path = self._path(dest)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        with tmp.open("wb") as out:
-            for key in keys:
-                with self._path(key).open("rb") as part:
-                    shutil.copyfileobj(part, out)
-        os.replace(tmp, path)
+        tmp = self._temp(path)
+        try:
+            with tmp.open("wb") as out:
+                for key in keys:
+                    with self._path(key).open("rb") as part:
+                        shutil.copyfileobj(part, out)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
     def check_writable(self) -> None:
         from schemas.errors import OutputError

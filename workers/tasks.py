@@ -2,31 +2,43 @@
 
 Big payloads stay out of the broker: a message carries (job id, shard index) and, for generation,
 the shard's prompts; candidates and scores go to the job's storage, keyed by (job, shard, stage).
-Failure policy lives once, in ``ShardTask``.
+Lease, retry, time-limit and failure policy live once, in ``ShardTask``.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import uuid
+from pathlib import Path
 
 from celery import Task
 
 from schemas import GeneratedShard, JobSpec, PromptShard
 from schemas.errors import PermanentError
 from schemas.fleet import (QUEUE_AGGREGATE, QUEUE_SCORE, TASK_AGGREGATE, TASK_FINALISE, TASK_GENERATE, TASK_OPEN,
-                           TASK_SCORE, max_attempts, state_url)
+                           TASK_SCORE)
+from schemas.records import rows_note
+from schemas.settings import settings
+from schemas.state import JobState, Lease
 from workers.aggregate import shard_rows, summarise
 from workers.app import app
 from workers.engines import ENGINES, Engine
-from workers.generate import generate_shard, load_engine, rows_note
-from workers.jobs import FleetJob, connect
+from workers.generate import generate_shard, load_engine
+from workers.jobs import finalise_once, job_state
+from workers.lease import KeepAlive, StageTimeLimit
 from workers.output import JobOutput
 from workers.score import Scorer
-from workers.scoring import orms
 from workers.scoring.plugins import load_plugins
 
 log = logging.getLogger(__name__)
 _loaded: dict[str, tuple[str, Engine | Scorer]] = {}  # "engine"/"scorer" -> (config key, loaded object)
+
+# Every option that changes what an engine or a scorer loads, or how it behaves once loaded.
+_ENGINE_KEY = {"sampler_engine", "sampler_type", "model", "base_url", "torch_dtype", "max_batch_size",
+               "max_batch_tokens", "engine_kwargs", "cache_files", "sampling"}
+_SCORER_KEY = {"orm_model", "orm_kwargs", "orm_weights", "prm_model", "prm_kwargs", "external_plugins", "include_ground_truth",
+               "model", "torch_dtype"}
 
 
 def _warm(kind: str, key: str, load) -> Engine | Scorer:
@@ -40,16 +52,20 @@ def _warm(kind: str, key: str, load) -> Engine | Scorer:
     return obj
 
 
+def _key(spec: JobSpec, fields: set[str]) -> str:
+    """The options in ``fields`` (those the spec has), plus every plugin file's content, as one string."""
+    options = spec.model_dump(mode="json", include=fields & set(type(spec).model_fields))
+    plugins = {p: hashlib.md5(Path(p).read_bytes()).hexdigest() if Path(p).is_file() else None
+               for p in spec.external_plugins}
+    return json.dumps({**options, "plugins": plugins}, sort_keys=True)
+
+
 def engine_for(spec: JobSpec) -> Engine:
-    key = json.dumps(spec.model_dump(mode="json", include={"sampler_engine", "model", "torch_dtype", "max_batch_size",
-                                                            "max_batch_tokens", "engine_kwargs", "cache_files"}))
-    return _warm("engine", key, lambda: load_engine(spec))
+    return _warm("engine", _key(spec, _ENGINE_KEY), lambda: load_engine(spec))
 
 
 def scorer_for(spec: JobSpec) -> Scorer:
-    key = json.dumps(spec.model_dump(mode="json", include={"orm_model", "orm_kwargs", "prm_model", "prm_kwargs",
-                                                            "external_plugins", "include_ground_truth"}))
-    return _warm("scorer", key, lambda: Scorer(spec))
+    return _warm("scorer", _key(spec, _SCORER_KEY), lambda: Scorer(spec))
 
 
 def preload(model: str, engine: str) -> None:
@@ -58,130 +74,160 @@ def preload(model: str, engine: str) -> None:
 
 
 class ShardTask(Task):
-    """Failure policy of every shard task, declared once.
+    """Lease, retry and failure policy of every shard task, declared once.
 
-    Bad input or configuration (PermanentError) is never retried: the shard is marked failed with its
-    error at once. Anything else is retried with exponential backoff up to SAMPLEFLEET_MAX_ATTEMPTS
-    attempts, then marked failed. A shard whose worker keeps dying (delivered more than twice that many
-    times) is failed as a poison shard. A failed shard never blocks the job: it ends as partial. The
-    failure names the shard's prompts (their dataset rows) when the task has them.
+    Before the body runs, the shard's lease is taken (``JobState.begin``): a task whose job is not running,
+    whose shard is settled, or whose shard another live worker holds for this stage or a later one, does
+    nothing. While the body runs, the lease is renewed; a worker that dies stops renewing and the reaper
+    sends the task again. Bad input or configuration (PermanentError) fails the shard at once. Anything else
+    is retried with exponential back-off (the lease waits it out, then the reaper sends the task again) up to
+    SAMPLEFLEET_MAX_ATTEMPTS attempts, then the shard is failed. A shard whose worker keeps dying (delivered
+    more than twice that many times) is failed as a poison shard. A failed shard never blocks the job: it ends
+    as partial. The failure names the shard's prompts (their dataset rows) when the task has them.
     """
 
     acks_late = True
     ignore_result = True
-    autoretry_for = (Exception,)
-    dont_autoretry_for = (PermanentError,)
-    retry_backoff = 2
-    retry_backoff_max = 300
-    retry_jitter = True
-    max_retries = max_attempts() - 1
     stage = ""
 
-    def job(self, job_id: str) -> FleetJob:
-        return FleetJob(connect(state_url()), job_id)
+    def __call__(self, job_id: str, index: int, *rest):
+        env = settings()
+        state = job_state(job_id)
+        token = self.request.id or uuid.uuid4().hex
+        lease = Lease(stage=self.stage, index=index, token=token, owner=self.request.hostname or "?",
+                      task=self.name, args=[job_id, index, *rest], queue=self._queue(), since=0.0)
+        begun = state.begin(lease, seconds=env.lease_expire, most_deliveries=2 * env.max_attempts)
+        what = f"job {job_id} shard {index} {self.stage}"
+        if begun.reason == "poison":
+            self._fail(state, index, token, PermanentError(
+                f"shard {index}: {self.stage} delivered {begun.deliveries} times without finishing (its worker "
+                "was lost each time: a poison shard?)"), rest)
+            return "failed: poison shard"
+        if not begun.run:
+            log.info("%s: skipped (%s)", what, begun.reason)
+            return f"skipped: {begun.reason}"
+        hold = KeepAlive(lambda: state.renew(index, token, env.lease_expire), env.lease_renew,
+                         limit=env.stage_time_limit, what=what)
+        try:
+            with hold:
+                self.run(job_id, index, *rest)
+        except Exception as exc:  # noqa: BLE001 - every failure goes through the one policy below
+            if hold.timed_out or isinstance(exc, StageTimeLimit):
+                exc = StageTimeLimit(f"{self.stage} ran past SAMPLEFLEET_STAGE_TIME_LIMIT={env.stage_time_limit:g}s")
+            return self._attempt_failed(state, index, token, exc, rest, env.max_attempts)
+        state.release(index, token)
+        return "done"
 
-    def begin(self, job_id: str, index: int) -> FleetJob | None:
-        """The job, or None when the task should do nothing (job cancelled or unknown)."""
-        job = self.job(job_id)
-        status = job.field("status")
-        if status != "running":  # cancelled, unknown, or already finalised (a late duplicate)
-            log.info("job %s shard %d: %s skipped (job %s)", job_id, index, self.stage, status or "unknown")
-            job.not_running(index)
-            return None
-        deliveries = job.delivered(self.stage, index)
-        if deliveries > 2 * max_attempts():
-            raise PermanentError(f"shard {index}: {self.stage} delivered {deliveries} times without finishing "
-                                 "(its worker was lost each time: a poison shard?)")
-        job.started(self.stage, index, self.request.hostname or "?")
-        return job
+    def _queue(self) -> str:
+        info = self.request.delivery_info or {}
+        return info.get("routing_key") or self.queue or QUEUE_AGGREGATE
 
-    def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:
-        job_id, index = args[0], args[1]
-        job = self.job(job_id)
-        job.failed(index, f"{self.stage}: {type(exc).__name__}: {exc}{_rows(job, index, args)}")
-        log.error("job %s shard %d failed in %s: %s", job_id, index, self.stage, exc)
-        job.finalise_once()
+    def _attempt_failed(self, state: JobState, index: int, token: str, exc: Exception, rest: tuple,
+                        most: int) -> str:
+        if isinstance(exc, PermanentError):
+            self._fail(state, index, token, exc, rest)
+            raise exc
+        attempts, backoff = state.attempt_failed(index, token, most=most)
+        if attempts >= most:
+            self._fail(state, index, token, exc, rest)
+            raise exc
+        log.warning("job %s shard %d: %s attempt %d failed (%s: %s); again in %.0fs", state.id, index, self.stage,
+                    attempts, type(exc).__name__, exc, backoff)
+        return f"retrying in {backoff:.0f}s: {type(exc).__name__}: {exc}"
+
+    def _fail(self, state: JobState, index: int, token: str, exc: Exception, rest: tuple) -> None:
+        error = f"{self.stage}: {type(exc).__name__}: {exc}{_rows(state, index, rest)}"
+        if state.failed(index, token, error):
+            log.error("job %s shard %d failed in %s: %s", state.id, index, self.stage, exc)
+        finalise_once(state)
+
+    def pass_on(self, state: JobState, index: int, task: Task, args: tuple, queue: str) -> None:
+        """Mark this stage done and send the next stage's task; the lease is dropped only after it is sent."""
+        state.stage_done(self.stage, index, self.request.id)
+        state.queue(index, task.stage)
+        task.apply_async(args, queue=queue)
 
 
-def _rows(job: FleetJob, index: int, args: tuple) -> str:
+def _rows(state: JobState, index: int, rest: tuple) -> str:
     """The failed shard's rows, from the message (generate) or its stored candidates (later stages)."""
     try:
-        if len(args) > 2:  # generate carries its prompts
-            prompts = PromptShard.model_validate_json(args[2]).prompts
+        if rest:  # generate carries its prompts
+            prompts = PromptShard.model_validate_json(rest[0]).prompts
         else:
-            shard = GeneratedShard.model_validate_json(JobOutput(job.spec).read_stage("generated", index))
+            shard = GeneratedShard.model_validate_json(JobOutput(state.record().spec).read_stage("generated", index))
             prompts = [g.prompt for g in shard.generations]
     except Exception as exc:  # noqa: BLE001 - the failure itself is what matters; the rows are a courtesy
-        log.warning("job %s shard %d: cannot list its rows (%s)", job.id, index, exc)
+        log.warning("job %s shard %d: cannot list its rows (%s)", state.id, index, exc)
         return ""
     return rows_note(prompts)
 
 
 @app.task(name=TASK_OPEN)
-def open_job(spec_json: str) -> list[int]:
+def open_job(spec_json: str) -> dict[str, str]:
     """Check names, plugins and the output location before anything is enqueued; the shards an earlier run
-    finished. Checked without loading a model: --sampler_engine, --orm_model, and every --external_plugins
-    file (imported, its entries checked)."""
+    finished, each with its prompts' fingerprint. Checked without loading a model: --sampler_engine,
+    --orm_model, --prm_model (a registered name, or a model whose files say what kind of PRM it is), and every
+    --external_plugins file (imported, its entries checked)."""
     spec = JobSpec.model_validate_json(spec_json)
     ENGINES.canonical(spec.sampler_engine)
-    load_plugins(spec.external_plugins)
-    if spec.orm_model:
-        orms.canonical(spec.orm_model)
-    return sorted(JobOutput(spec).open())
+    registries = load_plugins(spec.external_plugins)  # the job's own names, over the built-ins
+    for name in spec.orm_names:
+        registries.orms.canonical(name)
+    if spec.prm_model and spec.prm_model not in registries.prms:
+        from workers.scoring.prm_kinds import prm_kind
+
+        prm_kind(spec.prm_model, spec.prm_kwargs)
+    output = JobOutput(spec)
+    output.open()
+    return {str(s.index): s.fingerprint or "" for s in output.summaries()}
 
 
 @app.task(bind=True, base=ShardTask, name=TASK_GENERATE, stage="generate")
 def generate(self: ShardTask, job_id: str, index: int, shard_json: str) -> None:
-    job = self.begin(job_id, index)
-    if job is None:
-        return
-    spec = job.spec
+    state = job_state(job_id)
+    spec = state.record().spec
     output = JobOutput(spec)
     if output.has_stage("generated", index):  # a redelivery, or a resumed job: same prompts, same seed
         log.info("job %s shard %d: candidates already in storage, not generated again", job_id, index)
-        job.record_engine({"engine": spec.sampler_engine, "model": spec.model})  # if no shard here loads one
+        state.record_engine({"engine": spec.sampler_engine, "model": spec.model or ""})  # if no shard here loads one
     else:
         engine = engine_for(spec)
-        job.record_engine(engine.describe())
+        state.record_engine(engine.describe())
         output.write_stage("generated", index,
                            generate_shard(engine, spec, PromptShard.model_validate_json(shard_json)).model_dump_json())
-    job.stage_done("generate", index)
     if spec.scored:
-        score.apply_async((job_id, index), queue=QUEUE_SCORE)
+        self.pass_on(state, index, score, (job_id, index), QUEUE_SCORE)
     else:
-        aggregate.apply_async((job_id, index), queue=QUEUE_AGGREGATE)
+        self.pass_on(state, index, aggregate, (job_id, index), QUEUE_AGGREGATE)
 
 
 @app.task(bind=True, base=ShardTask, name=TASK_SCORE, stage="score")
 def score(self: ShardTask, job_id: str, index: int) -> None:
-    job = self.begin(job_id, index)
-    if job is None:
-        return
-    spec = job.spec
+    state = job_state(job_id)
+    spec = state.record().spec
     output = JobOutput(spec)
-    scored = scorer_for(spec).score(GeneratedShard.model_validate_json(output.read_stage("generated", index)))
-    output.write_stage("scored", index, scored.model_dump_json())
-    job.stage_done("score", index)
-    aggregate.apply_async((job_id, index), queue=QUEUE_AGGREGATE)
+    if not output.has_stage("scored", index):  # else a redelivery: the scores are in storage
+        scored = scorer_for(spec).score(GeneratedShard.model_validate_json(output.read_stage("generated", index)))
+        output.write_stage("scored", index, scored.model_dump_json())
+    self.pass_on(state, index, aggregate, (job_id, index), QUEUE_AGGREGATE)
 
 
 @app.task(bind=True, base=ShardTask, name=TASK_AGGREGATE, stage="aggregate")
 def aggregate(self: ShardTask, job_id: str, index: int) -> None:
-    job = self.begin(job_id, index)
-    if job is None:
-        return
-    spec = job.spec
+    state = job_state(job_id)
+    spec = state.record().spec
     output = JobOutput(spec)
     shard = GeneratedShard.model_validate_json(output.read_stage("scored" if spec.scored else "generated", index))
     rows, dropped = shard_rows(spec, shard)
     summary = summarise(spec, shard, len(rows), dropped)
     output.write_shard(rows, summary)
-    job.stage_done("aggregate", index, summary)
-    job.finalise_once()
+    state.stage_done("aggregate", index, self.request.id, candidates=summary.candidates, tokens=summary.tokens,
+                     rows=summary.rows)
+    finalise_once(state)
 
 
 @app.task(name=TASK_FINALISE, acks_late=True, ignore_result=True, autoretry_for=(Exception,), max_retries=5,
           retry_backoff=2)
 def finalise(job_id: str) -> None:
-    """Assemble a job whose shards are all settled but whose finaliser died (sent by `producer resume`)."""
-    FleetJob(connect(state_url()), job_id).finalise_once()
+    """Assemble a job whose shards are all settled but whose finaliser was lost (sent by the reaper)."""
+    finalise_once(job_state(job_id))

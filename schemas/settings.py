@@ -1,0 +1,77 @@
+"""Every ``SAMPLEFLEET_*`` environment variable, read and validated in one place by producer and workers.
+
+A bad value fails with one line naming the variable (``SettingsError``), not a traceback deep in a worker.
+Read it with ``settings()`` each time it is needed: it is cheap, and tests change the environment.
+"""
+from __future__ import annotations
+
+from pydantic import Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from schemas.errors import ConfigError
+
+PREFIX = "SAMPLEFLEET_"
+
+
+class SettingsError(ConfigError):
+    """A ``SAMPLEFLEET_*`` variable has a value that cannot be used; the message names it."""
+
+
+class Settings(BaseSettings):
+    """The fleet's settings; each field is the variable ``SAMPLEFLEET_<NAME>``."""
+
+    model_config = SettingsConfigDict(env_prefix=PREFIX, extra="ignore", frozen=True)
+
+    broker_url: str = Field("redis://127.0.0.1:6379/0", description="Celery broker (Redis).")
+    state_url: str | None = Field(None, description="Redis of the job state; default: the broker.")
+    result_url: str | None = Field(None, description="Celery result backend; default: the broker.")
+    lease_renew: float = Field(5.0, gt=0, description="Seconds between a worker's renewals of its shard's lease.")
+    lease_expire: float = Field(30.0, gt=0, description="Seconds without a renewal after which a shard's worker "
+                                "counts as lost and the shard is queued again.")
+    reap_interval: float = Field(5.0, gt=0, description="Seconds between two looks for expired leases.")
+    stage_time_limit: float = Field(0.0, ge=0, description="Seconds one stage of one shard may run before it "
+                                    "is stopped with an error (0: no limit).")
+    visibility_timeout: int = Field(6 * 3600, ge=1, description="Redis redelivers an unacknowledged message "
+                                    "after this many seconds: the last resort behind the leases.")
+    soft_shutdown: float = Field(60.0, ge=0, description="Seconds a worker stopped with SIGTERM gets to finish "
+                                 "its shard.")
+    max_attempts: int = Field(3, ge=1, description="Failed attempts after which a shard is marked failed.")
+    finalise_timeout: int = Field(1800, ge=1, description="Seconds a finaliser may hold the job's lock.")
+    open_timeout: float = Field(60.0, gt=0, description="Seconds the producer waits for a worker to check a "
+                                "new job's output location.")
+    preload_model: str | None = Field(None, description="Model a worker loads at start (fails fast if it cannot).")
+    preload_engine: str = Field("transformers", description="Engine of SAMPLEFLEET_PRELOAD_MODEL.")
+    debug: bool = Field(False, description="Print the traceback of an error instead of one line (the producer's "
+                        "--debug).")
+    threads: int | None = Field(None, ge=1, description="torch intra-op threads of each process that runs a model, "
+                                "and the cap on its math-checker processes; default: the cores the process may use "
+                                "(CPU affinity, cgroup quota).")
+
+    @model_validator(mode="after")
+    def _lease(self) -> "Settings":
+        if self.lease_expire < 2 * self.lease_renew:
+            raise ValueError(f"SAMPLEFLEET_LEASE_EXPIRE ({self.lease_expire:g}) must be at least twice "
+                             f"SAMPLEFLEET_LEASE_RENEW ({self.lease_renew:g}): one late renewal must not lose a "
+                             "shard")
+        return self
+
+    @property
+    def state(self) -> str:
+        return self.state_url or self.broker_url
+
+    @property
+    def result(self) -> str:
+        return self.result_url or self.broker_url
+
+
+def settings() -> Settings:
+    """The settings from the environment now; SettingsError names the variable of a bad value."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            name = PREFIX + str(err["loc"][0]).upper() if err["loc"] else ""
+            problems.append(f"{name}={err.get('input')!r}: {err['msg']}" if name else err["msg"].removeprefix(
+                "Value error, "))
+        raise SettingsError("; ".join(problems)) from None

@@ -1,0 +1,505 @@
+"""A fleet job's state in Redis: one typed record, one status enum, every key, every transition.
+
+Producer and workers change a job only through ``JobState``; each transition is one Lua script (or
+one MULTI), so duplicates of a shard's tasks, in any order, settle it exactly once.
+
+A shard's life: *queued* for a stage -> *leased* by the worker running that stage (the lease names
+the task, so it can be sent again) -> the stage is done and the shard is queued for the next one ->
+... -> *settled*: aggregated (its rows are in place) or failed. A worker renews its lease every
+``lease_renew`` seconds; a lease that is ``lease_expire`` seconds old (its worker died) is re-armed
+by the reaper, which sends the task again. A failed attempt that will be retried holds its lease
+until the back-off ends, then the reaper sends it again. Time is Redis's own clock (``TIME``), so
+the machines' clocks need not agree.
+"""
+from __future__ import annotations
+
+import enum
+import json
+import random
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import redis
+from pydantic import BaseModel, ConfigDict, Field
+
+from schemas.job import JobSpec
+
+KEY_PREFIX = "samplefleet"
+STAGES = ("generate", "score", "aggregate")
+
+
+class Status(str, enum.Enum):
+    RUNNING = "running"
+    DONE = "done"
+    PARTIAL = "partial"  # every shard settled, some failed: `producer resume` retries them
+    CANCELLED = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self is not Status.RUNNING
+
+
+class Keys:
+    """Every Redis key of the fleet (all under ``samplefleet:``)."""
+
+    jobs = f"{KEY_PREFIX}:jobs"  # sorted set: job id -> created time
+    active = f"{KEY_PREFIX}:active"  # set: jobs running now (the reaper looks only at these)
+    queues = f"{KEY_PREFIX}:queues"  # set: generate queues in use, followed by workers that serve every queue
+    reaper = f"{KEY_PREFIX}:reaper"  # lock: one reaper at work at a time
+
+    def __init__(self, job_id: str) -> None:
+        base = f"{KEY_PREFIX}:job:{job_id}"
+        self.job = base  # hash: the JobRecord's fields
+        self.stage = {stage: f"{base}:{stage}" for stage in STAGES}  # sets: shards whose stage is done
+        self.failed = f"{base}:failed"  # hash: shard -> error (never holds an aggregated shard)
+        self.attempts = f"{base}:attempts"  # hash: shard -> failed attempts
+        self.deliveries = f"{base}:deliveries"  # hash: "stage:shard" -> times its task began
+        self.leases = f"{base}:leases"  # hash: shard -> Lease JSON
+        self.expiry = f"{base}:expiry"  # sorted set: shard -> when its lease expires (Redis time)
+        self.queued = f"{base}:queued"  # hash: shard -> stage its task was sent for, not yet begun
+        self.requeued = f"{base}:requeued"  # hash: shard -> times it was sent again after a lost worker
+        self.fingerprint = f"{base}:fingerprint"  # hash: shard -> hash of its prompt ids (checked on resume)
+        self.counters = f"{base}:counters"  # hash: candidates, tokens, rows (counted once per shard)
+        self.finalising = f"{base}:finalising"  # lock: one aggregator assembles the output
+
+    def all(self) -> list[str]:
+        return [self.job, *self.stage.values(), self.failed, self.attempts, self.deliveries, self.leases,
+                self.expiry, self.queued, self.requeued, self.fingerprint, self.counters, self.finalising]
+
+
+_JSON_FIELDS = ("spec", "bad_rows", "engine")  # JobRecord fields kept as JSON in the hash; the rest as text
+
+
+class JobRecord(BaseModel):
+    """The job's own fields (the ``job`` hash)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    spec: JobSpec
+    shards: int
+    prompts: int
+    rows_read: int = Field(0, description="Prompts the producer read from the data (the fingerprint's count).")
+    bad_rows: list[str] = Field(default_factory=list)
+    created: float
+    status: Status = Status.RUNNING
+    queue: str
+    finished: float | None = None
+    output: str | None = None
+    engine: dict[str, Any] = Field(default_factory=dict, description="Set once, by the first worker that loads it.")
+    requeues: int = Field(0, description="Shards sent again because their worker was lost.")
+    finalise_failures: int = Field(0, description="Finalisations that raised; the reaper stops resending at the "
+                                   "attempt limit.")
+    finalise_error: str | None = None
+
+    def to_hash(self) -> dict[str, str]:
+        raw = self.model_dump(mode="json", exclude_none=True, exclude={"id"} | ({"engine"} if not self.engine else set()))
+        return {k: json.dumps(v) if k in _JSON_FIELDS else str(v) for k, v in raw.items()}
+
+    @classmethod
+    def from_hash(cls, job_id: str, raw: dict[bytes, bytes]) -> "JobRecord":
+        fields = {k.decode(): v.decode() for k, v in raw.items()}
+        data: dict[str, Any] = {k: json.loads(v) if k in _JSON_FIELDS else v for k, v in fields.items()}
+        return cls.model_validate({"id": job_id, **data})
+
+
+class Lease(BaseModel):
+    """A shard held by a worker for one stage; what to send again if the worker is lost."""
+
+    model_config = ConfigDict(frozen=True)
+
+    stage: str
+    index: int
+    token: str = Field(description="The task's id: a retry of the same task keeps it.")
+    owner: str = Field(description="The worker's name, or 'reaper' once sent again.")
+    state: str = Field("running", description="running; retry (waiting out a back-off); requeued (sent again)")
+    task: str
+    args: list[Any]
+    queue: str
+    since: float = Field(description="When the current holder took it (Redis time).")
+
+
+class Begin(BaseModel):
+    """What a task should do with its shard."""
+
+    run: bool
+    reason: str = ""  # why not: the job's status, "settled", "leased by <worker>", "poison"
+    deliveries: int = 0
+
+
+def _now(db: redis.Redis) -> float:
+    seconds, micros = db.time()
+    return seconds + micros / 1e6
+
+
+_LUA_NOW = "local t = redis.call('TIME') local now = tonumber(t[1]) + tonumber(t[2]) / 1e6 "
+
+# KEYS: job, aggregate set, failed, deliveries, leases, expiry, queued
+# ARGV: stage, index, lease JSON (without `since`), lease seconds, most deliveries, stage order of ARGV[1]
+_BEGIN = _LUA_NOW + """
+local index = ARGV[2]
+local status = redis.call('HGET', KEYS[1], 'status')
+if status ~= 'running' then
+  redis.call('HDEL', KEYS[7], index)
+  return {0, status or 'unknown', 0}
+end
+if redis.call('SISMEMBER', KEYS[2], index) == 1 or redis.call('HEXISTS', KEYS[3], index) == 1 then
+  return {0, 'settled', 0}
+end
+local lease = cjson.decode(ARGV[3])
+local held = redis.call('HGET', KEYS[5], index)
+if held then
+  local other = cjson.decode(held)
+  local expires = tonumber(redis.call('ZSCORE', KEYS[6], index) or '0')
+  local order = {generate = 1, score = 2, aggregate = 3}
+  local live = expires > now and other.state ~= 'requeued'
+  if other.token ~= lease.token and live and order[other.stage] >= order[lease.stage] then
+    return {0, 'leased by ' .. other.owner, 0}
+  end
+end
+local n = redis.call('HINCRBY', KEYS[4], ARGV[1] .. ':' .. index, 1)
+if n > tonumber(ARGV[5]) then return {0, 'poison', n} end
+lease.since = now
+redis.call('HSET', KEYS[5], index, cjson.encode(lease))
+redis.call('ZADD', KEYS[6], now + tonumber(ARGV[4]), index)
+redis.call('HDEL', KEYS[7], index)
+return {1, '', n}
+"""
+
+# KEYS: leases, expiry. ARGV: index, token, seconds. 1 while the lease is ours (not once the reaper re-armed it).
+_RENEW = _LUA_NOW + """
+local held = redis.call('HGET', KEYS[1], ARGV[1])
+if not held then return 0 end
+local lease = cjson.decode(held)
+if lease.token ~= ARGV[2] or lease.state == 'requeued' then return 0 end
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ARGV[1])
+return 1
+"""
+
+_LUA_DROP = """
+local function drop_if_ours(leases, expiry, index, token)
+  local held = redis.call('HGET', leases, index)
+  if held and cjson.decode(held).token == token then
+    redis.call('HDEL', leases, index)
+    redis.call('ZREM', expiry, index)
+  end
+end
+"""
+
+# KEYS: leases, expiry. ARGV: index, token. Drops the lease if it is ours.
+_RELEASE = _LUA_DROP + """
+drop_if_ours(KEYS[1], KEYS[2], ARGV[1], ARGV[2])
+return 1
+"""
+
+# KEYS: stage set, failed, counters, leases, expiry. ARGV: index, token, aggregate?, candidates, tokens, rows
+_STAGE_DONE = _LUA_DROP + """
+local first = redis.call('SADD', KEYS[1], ARGV[1])
+if ARGV[3] == '1' then
+  redis.call('HDEL', KEYS[2], ARGV[1])
+  if first == 1 then
+    redis.call('HINCRBY', KEYS[3], 'candidates', ARGV[4])
+    redis.call('HINCRBY', KEYS[3], 'tokens', ARGV[5])
+    redis.call('HINCRBY', KEYS[3], 'rows', ARGV[6])
+  end
+  drop_if_ours(KEYS[4], KEYS[5], ARGV[1], ARGV[2])
+end
+return first
+"""
+
+# KEYS: aggregate set, failed, leases, expiry, queued. ARGV: index, token, error. 1 when this settled it.
+_FAIL = _LUA_DROP + """
+if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 1 or redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then
+  return 0
+end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+redis.call('HDEL', KEYS[5], ARGV[1])
+drop_if_ours(KEYS[3], KEYS[4], ARGV[1], ARGV[2])
+return 1
+"""
+
+# KEYS: attempts, leases, expiry. ARGV: index, token, most attempts, back-off base, cap, a random in [0, 1).
+# {failed attempts so far, back-off}; below the limit the lease waits out the back-off (full jitter: a random
+# share of base x 2^attempts, at most cap), then the reaper sends the task again.
+_RETRY = _LUA_NOW + """
+local n = redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
+local backoff = math.min(tonumber(ARGV[5]), tonumber(ARGV[4]) * 2 ^ n) * tonumber(ARGV[6])
+if n < tonumber(ARGV[3]) then
+  local held = redis.call('HGET', KEYS[2], ARGV[1])
+  if held then
+    local lease = cjson.decode(held)
+    if lease.token == ARGV[2] then
+      lease.state = 'retry'
+      redis.call('HSET', KEYS[2], ARGV[1], cjson.encode(lease))
+      redis.call('ZADD', KEYS[3], now + backoff, ARGV[1])
+    end
+  end
+end
+return {n, tostring(backoff)}
+"""
+
+# KEYS: leases, expiry, job, requeued. ARGV: index, lease seconds.
+# Re-arms an expired lease as sent again by the reaper; returns it (to be sent) or nil.
+_REAP = _LUA_NOW + """
+local expires = redis.call('ZSCORE', KEYS[2], ARGV[1])
+local held = redis.call('HGET', KEYS[1], ARGV[1])
+if not expires or not held or tonumber(expires) > now then return false end
+local lease = cjson.decode(held)
+if lease.state ~= 'retry' then
+  redis.call('HINCRBY', KEYS[3], 'requeues', 1)
+  redis.call('HINCRBY', KEYS[4], ARGV[1], 1)
+end
+lease.state = 'requeued'
+lease.owner = 'reaper'
+lease.since = now
+held = cjson.encode(lease)
+redis.call('HSET', KEYS[1], ARGV[1], held)
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), ARGV[1])
+return held
+"""
+
+# KEYS: job, active. ARGV: status, finished, output. Only a running job finishes.
+_FINISH = """
+if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return 0 end
+redis.call('HSET', KEYS[1], 'status', ARGV[1], 'finished', ARGV[2], 'output', ARGV[3])
+redis.call('SREM', KEYS[2], KEYS[1])
+return 1
+"""
+
+# KEYS: job, active. Refused (returns the status) unless the job is running.
+_CANCEL = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if status ~= 'running' then return status or 'unknown' end
+redis.call('HSET', KEYS[1], 'status', 'cancelled')
+redis.call('SREM', KEYS[2], KEYS[1])
+return 'running'
+"""
+
+# KEYS: job, aggregate set, failed, attempts, deliveries, leases, expiry, queued, active
+# ARGV: status read by the caller, shard count.
+# Reopens the job and marks the shards to send again as queued: those neither aggregated, nor under a live
+# lease, nor queued (for a running job; a finished job's tasks have all been taken). Returns their indices,
+# or {-1, status} when the job changed since the caller read it, or is done.
+_RESUME = _LUA_NOW + """
+local status = redis.call('HGET', KEYS[1], 'status')
+if status ~= ARGV[1] or status == 'done' then return {-1, status or 'unknown'} end
+local out = {}
+for i = 0, tonumber(ARGV[2]) - 1 do
+  local index = tostring(i)
+  if redis.call('SISMEMBER', KEYS[2], index) == 0 then
+    local expires = tonumber(redis.call('ZSCORE', KEYS[7], index) or '0')
+    local leased = expires > now
+    local queued = status ~= 'partial' and redis.call('HEXISTS', KEYS[8], index) == 1
+    if not leased and not queued then
+      out[#out + 1] = i
+      redis.call('HSET', KEYS[8], index, 'generate')
+      redis.call('HDEL', KEYS[6], index)
+      redis.call('ZREM', KEYS[7], index)
+    end
+  end
+end
+redis.call('DEL', KEYS[3], KEYS[4], KEYS[5])
+redis.call('HSET', KEYS[1], 'status', 'running')
+redis.call('HDEL', KEYS[1], 'finished')
+redis.call('SADD', KEYS[9], KEYS[1])
+return out
+"""
+
+
+class StateError(Exception):
+    """A transition that the job's state refuses (e.g. cancelling a finished job); the message says why."""
+
+
+class JobState:
+    """One job's state; every method is one atomic step."""
+
+    _scripts: dict[int, dict[str, Any]] = {}
+
+    def __init__(self, db: redis.Redis, job_id: str) -> None:
+        self.db, self.id, self.keys = db, job_id, Keys(job_id)
+        per_client = self._scripts.setdefault(id(db), {})
+        if not per_client:
+            for name, text in (("begin", _BEGIN), ("renew", _RENEW), ("release", _RELEASE), ("done", _STAGE_DONE),
+                               ("fail", _FAIL), ("retry", _RETRY), ("reap", _REAP), ("finish", _FINISH),
+                               ("cancel", _CANCEL), ("resume", _RESUME)):
+                per_client[name] = db.register_script(text)
+        self._lua = per_client
+
+    # --- the record --------------------------------------------------------------------------------------
+
+    @classmethod
+    def create(cls, db: redis.Redis, record: JobRecord, *, done: Iterable[int] = ()) -> "JobState":
+        """Record a new running job; ``done``: shards an earlier run finished (kept in the output)."""
+        state, keys = cls(db, record.id), Keys(record.id)
+        pipe = db.pipeline()
+        pipe.hset(keys.job, mapping=record.to_hash())
+        pipe.zadd(Keys.jobs, {record.id: record.created})
+        pipe.sadd(Keys.active, keys.job)
+        pipe.sadd(Keys.queues, record.queue)
+        done = list(done)
+        if done:
+            pipe.sadd(keys.stage["aggregate"], *done)
+        pipe.execute()
+        return state
+
+    def record(self) -> JobRecord:
+        raw = self.db.hgetall(self.keys.job)
+        if not raw:
+            raise KeyError(f"job {self.id}: unknown (no record in Redis)")
+        return JobRecord.from_hash(self.id, raw)
+
+    def status(self) -> Status | None:
+        raw = self.db.hget(self.keys.job, "status")
+        return Status(raw.decode()) if raw else None
+
+    def record_engine(self, engine: dict[str, str]) -> None:
+        self.db.hsetnx(self.keys.job, "engine", json.dumps(engine))
+
+    def queued(self, shards: dict[int, str], stage: str = "generate") -> None:
+        """The producer is sending these shards (index -> fingerprint)."""
+        if shards:
+            pipe = self.db.pipeline()
+            pipe.hset(self.keys.queued, mapping={i: stage for i in shards})
+            pipe.hset(self.keys.fingerprint, mapping=shards)
+            pipe.execute()
+
+    def fingerprints(self) -> dict[int, str]:
+        return {int(k): v.decode() for k, v in self.db.hgetall(self.keys.fingerprint).items()}
+
+    # --- a shard's stages --------------------------------------------------------------------------------
+
+    def begin(self, lease: Lease, *, seconds: float, most_deliveries: int) -> Begin:
+        """Take the shard's lease for ``lease.stage`` unless the task should not run (see ``Begin.reason``)."""
+        k = self.keys
+        run, reason, n = self._lua["begin"](
+            keys=[k.job, k.stage["aggregate"], k.failed, k.deliveries, k.leases, k.expiry, k.queued],
+            args=[lease.stage, lease.index, lease.model_dump_json(exclude={"since"}), seconds, most_deliveries])
+        return Begin(run=bool(run), reason=reason.decode() if isinstance(reason, bytes) else reason, deliveries=n)
+
+    def renew(self, index: int, token: str, seconds: float) -> bool:
+        """Push the lease's expiry on; False when it is no longer ours (the reaper gave it away)."""
+        return bool(self._lua["renew"](keys=[self.keys.leases, self.keys.expiry], args=[index, token, seconds]))
+
+    def release(self, index: int, token: str) -> None:
+        """Drop our lease (after the next stage's task is sent: a worker lost before that is re-run)."""
+        self._lua["release"](keys=[self.keys.leases, self.keys.expiry], args=[index, token])
+
+    def queue(self, index: int, stage: str) -> None:
+        """The shard's task for ``stage`` is about to be sent (its lease is kept until it is)."""
+        self.db.hset(self.keys.queued, index, stage)
+
+    def stage_done(self, stage: str, index: int, token: str, *, candidates: int = 0, tokens: int = 0,
+                   rows: int = 0) -> bool:
+        """Mark the stage done for the shard; True when this call was the first. An aggregated shard is
+        settled: its lease is dropped, its counters added once, and a failure recorded earlier is forgotten."""
+        k = self.keys
+        return bool(self._lua["done"](keys=[k.stage[stage], k.failed, k.counters, k.leases, k.expiry],
+                                      args=[index, token, int(stage == "aggregate"), candidates, tokens, rows]))
+
+    def failed(self, index: int, token: str, error: str) -> bool:
+        """Settle the shard as failed; False when it was settled already (aggregated, or failed before)."""
+        k = self.keys
+        return bool(self._lua["fail"](keys=[k.stage["aggregate"], k.failed, k.leases, k.expiry, k.queued],
+                                      args=[index, token, error]))
+
+    def attempt_failed(self, index: int, token: str, *, most: int, base: float = 2.0,
+                       cap: float = 300.0) -> tuple[int, float]:
+        """Count a failed attempt: (attempts so far, back-off); below ``most`` the shard's task is sent again
+        once the back-off is over."""
+        k = self.keys
+        n, backoff = self._lua["retry"](keys=[k.attempts, k.leases, k.expiry],
+                                        args=[index, token, most, base, cap, random.random()])
+        return int(n), float(backoff)
+
+    # --- the whole job -----------------------------------------------------------------------------------
+
+    def settled(self) -> tuple[int, int]:
+        """(aggregated, failed) shards: disjoint by construction."""
+        pipe = self.db.pipeline(transaction=True)
+        pipe.scard(self.keys.stage["aggregate"])
+        pipe.hlen(self.keys.failed)
+        done, failed = pipe.execute()
+        return int(done), int(failed)
+
+    def complete(self, shards: int) -> bool:
+        return sum(self.settled()) >= shards
+
+    def failures(self) -> dict[int, str]:
+        return {int(k): v.decode() for k, v in self.db.hgetall(self.keys.failed).items()}
+
+    def aggregated(self) -> set[int]:
+        return {int(i) for i in self.db.smembers(self.keys.stage["aggregate"])}
+
+    def finish(self, status: Status, output: str) -> bool:
+        """Mark the running job finished; False when it was not running (finished or cancelled meanwhile)."""
+        return bool(self._lua["finish"](keys=[self.keys.job, Keys.active], args=[status.value, time.time(), output]))
+
+    def finalise_failed(self, error: str) -> None:
+        pipe = self.db.pipeline()
+        pipe.hincrby(self.keys.job, "finalise_failures", 1)
+        pipe.hset(self.keys.job, "finalise_error", error)
+        pipe.execute()
+
+    def finalise_lock(self, seconds: float) -> redis.lock.Lock:
+        """The lock one finaliser holds (and extends) while it assembles the output."""
+        return self.db.lock(self.keys.finalising, timeout=seconds, blocking=False, thread_local=False)
+
+    def cancel(self) -> None:
+        """Workers skip the job's remaining tasks; refused for a finished job."""
+        was = self._lua["cancel"](keys=[self.keys.job, Keys.active])
+        was = was.decode() if isinstance(was, bytes) else was
+        if was != Status.RUNNING.value:
+            raise StateError(f"job {self.id} is {was}: only a running job can be cancelled")
+
+    def resume(self, status: Status, shards: int) -> list[int]:
+        """Reopen the job; the shards to send again (queued by this call). See ``_RESUME``."""
+        k = self.keys
+        out = self._lua["resume"](keys=[k.job, k.stage["aggregate"], k.failed, k.attempts, k.deliveries, k.leases,
+                                        k.expiry, k.queued, Keys.active], args=[status.value, shards])
+        if out and out[0] == -1:
+            now = out[1].decode() if isinstance(out[1], bytes) else out[1]
+            raise StateError(f"job {self.id} is {now}: nothing to resume" if now == "done" else
+                             f"job {self.id} changed while resuming (now {now}): see `producer status {self.id}`")
+        return [int(i) for i in out]
+
+    # --- what `producer status` shows, and the reaper ------------------------------------------------------
+
+    def leases(self) -> dict[int, tuple[Lease, float, float]]:
+        """Shard -> (lease, seconds since its holder took it, seconds until it expires: negative once expired)."""
+        pipe = self.db.pipeline(transaction=True)
+        pipe.hgetall(self.keys.leases)
+        pipe.zrange(self.keys.expiry, 0, -1, withscores=True)
+        raw, expiry = pipe.execute()
+        now, until = _now(self.db), {int(i): score for i, score in expiry}
+        leases = {int(i): Lease.model_validate_json(v) for i, v in raw.items()}
+        return {i: (lease, now - lease.since, until.get(i, 0.0) - now) for i, lease in leases.items()}
+
+    def requeued(self) -> dict[int, int]:
+        return {int(k): int(v) for k, v in self.db.hgetall(self.keys.requeued).items()}
+
+    def counters(self) -> dict[str, int]:
+        return {k.decode(): int(v) for k, v in self.db.hgetall(self.keys.counters).items()}
+
+    def stage_counts(self) -> dict[str, int]:
+        return {stage: int(self.db.scard(key)) for stage, key in self.keys.stage.items()}
+
+    def reap(self, seconds: float) -> list[Lease]:
+        """Re-arm every expired lease (its worker was lost, or its back-off ended); the tasks to send again.
+
+        The caller sends each one; if it dies first, the re-armed lease expires again and the next pass sends
+        it. A task sent twice is harmless: the second copy finds the first one's lease and skips.
+        """
+        k = self.keys
+        out = []
+        for index in self.db.zrangebyscore(k.expiry, "-inf", _now(self.db)):
+            held = self._lua["reap"](keys=[k.leases, k.expiry, k.job, k.requeued], args=[int(index), seconds])
+            if held:
+                out.append(Lease.model_validate_json(held))
+        return out
+
+
+def active_jobs(db: redis.Redis) -> list[str]:
+    """Ids of the running jobs."""
+    prefix = f"{KEY_PREFIX}:job:"
+    return [key.decode().removeprefix(prefix) for key in db.smembers(Keys.active)]
