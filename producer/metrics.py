@@ -1,64 +1,223 @@
-"""``producer metrics``: queue depths and job progress in Prometheus' text format.
+"""``producer metrics``: the fleet as Prometheus metrics, served on ``/metrics`` by prometheus_client.
 
-Flower exports task events but not how many messages wait in each queue; this reads both from Redis
-(the broker keeps a queue as a list named after it) and serves them on ``/metrics``.
+Flower exports task events, but not how many messages wait in each queue, how far each job is, or
+whether Redis is up; this collector reads those from Redis at every scrape. A scrape must answer even
+when Redis does not: the reads run with one-second socket timeouts and no retries (the producer's own
+client rides out a restart for a minute), under a deadline, and a Redis that does not answer is
+reported as ``samplefleet_redis_up 0`` rather than as a hung or failed scrape.
+
+Workers alive: a ``--pool solo`` worker answers neither pings nor sends heartbeats while it runs a shard
+(its one thread is busy), so a worker counts as alive when it answers a ping or holds a shard's lease.
 """
 from __future__ import annotations
 
+import copy
 import logging
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 
-from producer.fleet import FINISHED, Fleet
-from schemas.fleet import DEFAULT_QUEUES, Keys
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from producer.fleet import Fleet, JobStatus
+from schemas.fleet import DEFAULT_QUEUES
+from schemas.state import STAGES, Keys, Status
 
 log = logging.getLogger(__name__)
+JOB_STATES = tuple(s.value for s in Status)
+# A shard at a stage: done past it, in_flight (a worker holds its lease), retrying (a failed attempt waits out
+# its back-off), requeued (its worker was lost; sent again), failed there.
+SHARD_STATES = ("done", "in_flight", "retrying", "requeued", "failed")
+LEASE_STATES = {"running": "in_flight", "retry": "retrying", "requeued": "requeued"}
+SOCKET = {"socket_timeout": 1.0, "socket_connect_timeout": 1.0, "retry": Retry(NoBackoff(), 0)}
 
 
-def _line(name: str, value: float, **labels: str) -> str:
-    inner = ",".join(f'{k}="{v}"' for k, v in labels.items())
-    return f"{name}{{{inner}}} {value}" if inner else f"{name} {value}"
+@dataclass
+class Snapshot:
+    """What one scrape read; whatever was not read in time stays empty."""
+
+    redis_up: dict[str, bool] = field(default_factory=lambda: {"broker": False, "state": False})
+    queues: dict[str, int] = field(default_factory=dict)
+    unacked: int | None = None
+    jobs: list[JobStatus] = field(default_factory=list)
+    pinged: set[str] = field(default_factory=set)
+    complete: bool = False
 
 
-def render(fleet: Fleet, *, recent_jobs: int = 20) -> str:
-    """The metrics page: every queue's depth, then the stage counts of unfinished and recent jobs."""
-    queues = set(DEFAULT_QUEUES) | {q.decode() for q in fleet.db.smembers(Keys.queues)}
-    lines = ["# HELP samplefleet_queue_depth Messages waiting in a queue.", "# TYPE samplefleet_queue_depth gauge"]
-    lines += [_line("samplefleet_queue_depth", fleet.db.llen(q), queue=q) for q in sorted(queues)]
-    lines += ["# HELP samplefleet_job_shards Shards of a job past a stage.", "# TYPE samplefleet_job_shards gauge",
-              "# HELP samplefleet_job_samples_total Candidates sampled for a job.",
-              "# TYPE samplefleet_job_samples_total counter"]
-    for job_id in (j.decode() for j in fleet.db.zrevrange(Keys.jobs, 0, recent_jobs - 1)):
-        status = fleet.status(job_id)
-        for stage, count in status.stages.items():
-            lines.append(_line("samplefleet_job_shards", count, job=job_id, stage=stage))
-        lines.append(_line("samplefleet_job_shards", status.shards, job=job_id, stage="total"))
-        lines.append(_line("samplefleet_job_shards", len(status.failed), job=job_id, stage="failed"))
-        lines.append(_line("samplefleet_job_samples_total", status.counters.get("candidates", 0), job=job_id))
-        lines.append(_line("samplefleet_job_running", int(status.status not in FINISHED), job=job_id))
-    return "\n".join(lines) + "\n"
+def _stage_of_failure(error: str) -> str:
+    """Failure messages start with the stage (``generate: ValueError: ...``)."""
+    head = error.split(":", 1)[0]
+    return head if head in STAGES else "unknown"
+
+
+def _live_holders(job: JobStatus) -> set[str]:
+    """Workers holding one of the job's shards under a lease that has not expired."""
+    return {lease["worker"] for lease in job.running.values()
+            if lease["state"] == "running" and lease["expires_in"] > 0}
+
+
+class FleetCollector(Collector):
+    """Queue depths, job progress, live workers and Redis' health, read at each scrape.
+
+    ``recent_jobs``: how many of the newest jobs are reported (every job keeps its series while among
+    them); ``deadline``: seconds a scrape may spend reading; ``ping_timeout``: seconds to wait for pongs.
+    """
+
+    def __init__(self, fleet: Fleet, *, recent_jobs: int = 20, deadline: float = 1.6,
+                 ping_timeout: float = 0.8) -> None:
+        self.fleet = copy.copy(fleet)  # the same fleet, its Redis calls failing fast instead of retrying
+        self.fleet.db = redis.Redis.from_url(fleet.state_url, **SOCKET)
+        self.broker = redis.Redis.from_url(fleet.broker, **SOCKET)
+        self.recent_jobs, self.deadline, self.ping_timeout = recent_jobs, deadline, ping_timeout
+
+    def collect(self) -> Iterable[Metric]:
+        started = time.monotonic()
+        snap = Snapshot()
+        reader = threading.Thread(target=self._read, args=(snap,), daemon=True, name="metrics-read")
+        reader.start()
+        reader.join(self.deadline)
+        if reader.is_alive():
+            log.warning("metrics: Redis did not answer within %.1fs; reporting what was read", self.deadline)
+        yield from self._metrics(snap, time.monotonic() - started)
+
+    # --- reading -----------------------------------------------------------------------------------------
+
+    def _read(self, snap: Snapshot) -> None:
+        try:
+            self._read_broker(snap)
+            self._read_state(snap)
+            if snap.redis_up["broker"]:
+                app = self.fleet.celery
+                with app.connection_for_write() as conn:  # a fresh connection: a reused one misses pongs now and then
+                    replies = app.control.ping(timeout=self.ping_timeout, connection=conn) or []
+                snap.pinged = {name for reply in replies for name in reply}
+            snap.complete = True
+        except Exception as exc:  # noqa: BLE001 - a scrape reports what it could read, it never fails
+            log.warning("metrics: %s: %s", type(exc).__name__, exc)
+
+    def _read_broker(self, snap: Snapshot) -> None:
+        try:
+            known = {q.decode() for q in self.fleet.db.smembers(Keys.queues)}
+            queues = sorted(set(DEFAULT_QUEUES) | known)
+            with self.broker.pipeline(transaction=False) as pipe:
+                for queue in queues:
+                    pipe.llen(queue)
+                pipe.hlen("unacked")  # kombu's hash of messages delivered to workers and not yet acknowledged
+                *depths, unacked = pipe.execute()
+        except (redis.RedisError, OSError) as exc:
+            log.warning("metrics: broker unreachable: %s", exc)
+            return
+        snap.redis_up["broker"] = True
+        snap.queues, snap.unacked = dict(zip(queues, depths)), unacked
+
+    def _read_state(self, snap: Snapshot) -> None:
+        try:
+            ids = [j.decode() for j in self.fleet.db.zrevrange(Keys.jobs, 0, self.recent_jobs - 1)]
+        except (redis.RedisError, OSError) as exc:
+            log.warning("metrics: job state unreachable: %s", exc)
+            return
+        snap.redis_up["state"] = True
+        snap.jobs = [self.fleet.status(job_id) for job_id in ids]  # all or none: a late reader changes nothing
+
+    # --- metrics -----------------------------------------------------------------------------------------
+
+    def _metrics(self, snap: Snapshot, seconds: float) -> Iterator[Metric]:
+        up = GaugeMetricFamily("samplefleet_redis_up", "1 when the fleet's Redis answered this scrape.",
+                               labels=["role"])
+        for role, ok in snap.redis_up.items():
+            up.add_metric([role], int(ok))
+        yield up
+        yield GaugeMetricFamily("samplefleet_scrape_complete", "1 when this scrape read everything in time.",
+                                value=int(snap.complete))
+        yield GaugeMetricFamily("samplefleet_scrape_duration_seconds", "Seconds this scrape took.", value=seconds)
+        depth = GaugeMetricFamily("samplefleet_queue_depth", "Messages waiting in a queue (a Redis list).",
+                                  labels=["queue"])
+        for queue, count in snap.queues.items():
+            depth.add_metric([queue], count)
+        yield depth
+        if snap.unacked is not None:
+            yield GaugeMetricFamily("samplefleet_broker_unacked", "Messages delivered to workers and not yet "
+                                    "acknowledged (running or reserved).", value=snap.unacked)
+        yield from self._job_metrics(snap.jobs)
+        yield from self._worker_metrics(snap)
+
+    def _job_metrics(self, jobs: list[JobStatus]) -> Iterator[Metric]:
+        status = GaugeMetricFamily("samplefleet_job_status", "1 for the job's current status, 0 for the others.",
+                                   labels=["job", "status"])
+        shards = GaugeMetricFamily("samplefleet_job_shards", "Shards in the job.", labels=["job"])
+        stage = GaugeMetricFamily("samplefleet_job_stage_shards", "Shards of the job in a state at a stage: "
+                                  "done (past it), in_flight (a worker holds it), retrying (waits out a back-off), "
+                                  "requeued (its worker was lost), failed.", labels=["job", "stage", "state"])
+        failed = GaugeMetricFamily("samplefleet_job_failed_shards", "Shards of the job that failed.", labels=["job"])
+        in_flight = GaugeMetricFamily("samplefleet_job_in_flight_shards", "Shards of the job a worker holds now.",
+                                      labels=["job"])
+        requeued = CounterMetricFamily("samplefleet_job_requeued_shards", "Times the job's shards were sent "
+                                       "again because their worker was lost.", labels=["job"])
+        samples = CounterMetricFamily("samplefleet_job_samples", "Candidates sampled for the job.", labels=["job"])
+        tokens = CounterMetricFamily("samplefleet_job_tokens", "Tokens generated for the job.", labels=["job"])
+        rows = CounterMetricFamily("samplefleet_job_rows", "Rows written for the job.", labels=["job"])
+        samples_rate = GaugeMetricFamily("samplefleet_job_samples_per_second", "Candidates per second over the "
+                                         "job's run so far (rate() of samplefleet_job_samples_total for now).",
+                                         labels=["job"])
+        tokens_rate = GaugeMetricFamily("samplefleet_job_tokens_per_second", "Tokens per second over the job's "
+                                        "run so far.", labels=["job"])
+        age = GaugeMetricFamily("samplefleet_job_seconds", "Seconds since the job was submitted (until it "
+                                "finished).", labels=["job"])
+        for job in jobs:
+            current = job.status
+            for name in sorted({*JOB_STATES, current}):
+                status.add_metric([job.job_id, name], int(name == current))
+            shards.add_metric([job.job_id], job.shards)
+            held = Counter((lease["stage"], LEASE_STATES[lease["state"]])
+                           for lease in job.running.values())
+            held.update((_stage_of_failure(error), "failed") for error in job.failed.values())
+            for name in STAGES:
+                stage.add_metric([job.job_id, name, "done"], job.stages.get(name, 0))
+                for state in SHARD_STATES[1:]:
+                    stage.add_metric([job.job_id, name, state], held[(name, state)])
+            failed.add_metric([job.job_id], len(job.failed))
+            in_flight.add_metric([job.job_id], sum(n for (_, state), n in held.items() if state == "in_flight"))
+            requeued.add_metric([job.job_id], job.requeues)
+            seconds = max(job.seconds, 1e-9)
+            for family, rate, key in ((samples, samples_rate, "candidates"), (tokens, tokens_rate, "tokens")):
+                family.add_metric([job.job_id], job.counters.get(key, 0))
+                rate.add_metric([job.job_id], job.counters.get(key, 0) / seconds)
+            rows.add_metric([job.job_id], job.counters.get("rows", 0))
+            age.add_metric([job.job_id], job.seconds)
+        yield from (status, shards, stage, failed, in_flight, requeued, samples, tokens, rows, samples_rate,
+                    tokens_rate, age)
+
+    def _worker_metrics(self, snap: Snapshot) -> Iterator[Metric]:
+        busy = set().union(*(_live_holders(job) for job in snap.jobs))
+        up = GaugeMetricFamily("samplefleet_worker_up", "1 for a worker that answered a ping or holds a shard "
+                               "(seen: how it was seen).", labels=["worker", "seen"])
+        for name in sorted(snap.pinged | busy):
+            up.add_metric([name, "ping" if name in snap.pinged else "lease"], 1)
+        yield up
+        yield GaugeMetricFamily("samplefleet_workers_alive", "Workers that answered a ping or hold a shard.",
+                                value=len(snap.pinged | busy))
+        yield GaugeMetricFamily("samplefleet_workers_busy", "Workers holding a shard now.", value=len(busy))
+
+
+def registry(fleet: Fleet, **options) -> CollectorRegistry:
+    """A registry holding only the fleet's collector (``options`` go to FleetCollector)."""
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(FleetCollector(fleet, **options))
+    return reg
 
 
 def serve(fleet: Fleet, host: str, port: int) -> None:
-    """Serve ``/metrics`` until interrupted."""
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
-            if self.path.rstrip("/") != "/metrics":
-                self.send_error(404, "only /metrics here")
-                return
-            body = render(fleet).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "text/plain; version=0.0.4")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, fmt: str, *args) -> None:
-            log.debug(fmt, *args)
-
-    server = ThreadingHTTPServer((host, port), Handler)
+    """Serve the metrics on ``http://HOST:PORT/metrics`` until interrupted."""
+    server, thread = start_http_server(port, addr=host, registry=registry(fleet))
     log.info("serving metrics on http://%s:%d/metrics", host, port)
     try:
-        server.serve_forever()
+        thread.join()
     finally:
-        server.server_close()
+        server.shutdown()

@@ -19,14 +19,12 @@ import pytest
 import yaml
 
 from conftest import ROOT
+from deploykit import ENTRYPOINT, OUR_IMAGES, VERSION, check_variable, worker_command
 
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES = COMPOSE["services"]
-VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
 CELERY_ROLES = {"generator-0": "generate", "scorer": "score", "aggregator": "aggregate,control"}
-OURS = {"samplefleet-cpu", "samplefleet-gpu"}
-ENTRYPOINT = ROOT / "deploy" / "docker-entrypoint.sh"
 
 
 def _compose_cli() -> list[str] | None:
@@ -51,17 +49,6 @@ def _gpus(*args: str) -> dict:
     return yaml.safe_load(out.replace("!override", ""))  # compose's tag: replace the base list, not append
 
 
-def _settings_fields() -> set[str]:
-    from schemas.settings import Settings
-
-    return {f"SAMPLEFLEET_{name.upper()}" for name in Settings.model_fields}
-
-
-def _entrypoint_names() -> set[str]:
-    loop = re.search(r"for name in ([A-Z0-9_ \\\n]+); do", ENTRYPOINT.read_text()).group(1)
-    return set(loop.replace("\\", " ").split())
-
-
 def test_services_of_a_fleet_are_there():
     assert {"redis", "generator-0", "scorer", "aggregator", "flower", "s3", "s3-init", "producer",
             "metrics"} <= set(SERVICES)
@@ -79,23 +66,16 @@ def test_redis_persists_never_evicts_and_takes_its_password_from_a_file():
 def test_worker_pools_start_the_real_app_on_real_queues(service, queues):
     from schemas.fleet import DEFAULT_QUEUES
 
-    command = SERVICES[service]["command"]
-    assert command[:4] == ["celery", "-A", "workers.app", "worker"]
-    assert command[command.index("-Q") + 1] == queues
-    assert set(queues.split(",")) <= set(DEFAULT_QUEUES)
-    assert command[command.index("--pool") + 1] == "solo"  # weights load in the worker process, not a parent
-    assert command[command.index("--loglevel") + 1] == "INFO"  # task lines (received, succeeded) in the log
+    consumed, _ = worker_command(SERVICES[service]["command"])
+    assert consumed == queues.split(",") and set(consumed) <= set(DEFAULT_QUEUES)
     assert "container_name" not in SERVICES[service] and "ports" not in SERVICES[service]
 
 
 @pytest.mark.parametrize("service", CELERY_ROLES)
 def test_each_worker_checks_its_own_name(service):
-    definition = SERVICES[service]
-    command = definition["command"]
-    name = command[command.index("-n") + 1]
-    assert name.endswith("@%h")
-    test = " ".join(definition["healthcheck"]["test"])
-    assert f"deploy/worker_health.py {name.removesuffix('%h')}$$HOSTNAME" in test
+    _, name = worker_command(SERVICES[service]["command"])
+    test = " ".join(SERVICES[service]["healthcheck"]["test"])
+    assert f"deploy/worker_health.py {name}$$HOSTNAME" in test
     assert test.split()[1].endswith("docker-entrypoint.sh")  # a health check does not pass the entrypoint
     assert (ROOT / "deploy" / "worker_health.py").is_file()
 
@@ -158,7 +138,7 @@ def test_images_are_pinned_and_ours_carry_the_project_version():
         image = service["image"]
         repo, _, tag = image.rpartition(":")
         assert repo and tag and tag != "latest", f"{name}: {image}"
-        if repo in OURS:
+        if repo in OUR_IMAGES:
             assert tag == VERSION and service["build"]["args"]["FLAVOR"] == repo.split("-")[1]
 
 
@@ -180,15 +160,9 @@ def test_no_secret_on_a_command_line_or_in_the_file():
 
 
 def test_environment_names_are_ones_the_code_or_the_entrypoint_reads():
-    fields = _settings_fields()
-    handled = _entrypoint_names()
     for name, service in SERVICES.items():
         for key in service.get("environment") or {}:
-            base = key.removesuffix("_FILE") if key.removesuffix("_FILE") in handled else key
-            if base.startswith("SAMPLEFLEET_") and base != "SAMPLEFLEET_CACHE":
-                assert base in fields, f"{name}: {key} is read nowhere"
-            if key.endswith("_FILE") and key != "AWS_SHARED_CREDENTIALS_FILE":  # boto3 reads that one itself
-                assert base in handled, f"{name}: {key} is not turned into {base} by the entrypoint"
+            check_variable(name, key)
     assert "SAMPLEFLEET_CACHE" in DOCKERFILE and '"SAMPLEFLEET_CACHE"' in (ROOT / "workers" / "models.py").read_text()
 
 

@@ -1,0 +1,124 @@
+"""`producer metrics` for real: a Redis server, a worker running a simulated job, the exporter as a process;
+the exposition parsed with prometheus_client's own parser, and a scrape with Redis stopped."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from conftest import ROOT, write_jsonl
+from producer.metrics import SHARD_STATES
+from fleetkit import fleet_env, free_port, run_cli
+
+SIMULATED = ["--model", "sim-model", "--sampler_engine", "simulated", "--num_return_sequences", "2",
+             "--max_new_tokens", "4", "--shard_size", "2", "--no_progress"]
+
+
+def _scrape(port: int, timeout: float = 10) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout) as reply:
+        return reply.read().decode()
+
+
+def _samples(text: str) -> dict[tuple[str, frozenset], float]:
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def _exporter(broker: str, tmp_path) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "producer", "metrics", "--port", str(port)], cwd=ROOT,
+                            env=fleet_env(broker), stdout=(tmp_path / "exporter.log").open("w"),
+                            stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            _scrape(port)
+            return proc, port
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError((tmp_path / "exporter.log").read_text()[-2000:])
+            time.sleep(0.2)
+
+
+def test_every_metric_has_help_and_type_and_the_job_reads_right(tmp_path, redis_server, workers):
+    worker = workers.start()
+    data = write_jsonl(tmp_path / "d.jsonl", [{"messages": [{"role": "user", "content": f"q{i}"}]} for i in range(5)])
+    job = run_cli("submit", str(data), *SIMULATED, "--output_dir", str(tmp_path / "out"), "--wait",
+                  broker=redis_server.url, cwd=tmp_path)
+    assert job.returncode == 0, job.stderr[-2000:]
+    job_id = job.stdout.split()[0]
+    exporter, port = _exporter(redis_server.url, tmp_path)
+    try:
+        text = _scrape(port)
+        families = list(text_string_to_metric_families(text))
+        for family in families:  # the parser makes a family "unknown" with no text when HELP/TYPE are missing
+            assert family.type != "unknown" and family.documentation, family.name
+            assert f"# HELP {family.name}" in text and f"# TYPE {family.name}" in text
+        names = {f.name for f in families}
+        assert {"samplefleet_redis_up", "samplefleet_queue_depth", "samplefleet_job_status",
+                "samplefleet_job_stage_shards", "samplefleet_job_requeued_shards", "samplefleet_workers_alive",
+                "samplefleet_job_samples_per_second", "samplefleet_job_tokens_per_second"} <= names
+        got = _samples(text)
+
+        def value(name: str, **labels: str) -> float:
+            return got[(name, frozenset(labels.items()))]
+
+        assert value("samplefleet_redis_up", role="broker") == 1 and value("samplefleet_redis_up", role="state") == 1
+        assert value("samplefleet_job_status", job=job_id, status="done") == 1
+        assert value("samplefleet_job_status", job=job_id, status="running") == 0  # done is not "running 0" alone
+        assert value("samplefleet_job_shards", job=job_id) == 3
+        assert value("samplefleet_job_stage_shards", job=job_id, stage="aggregate", state="done") == 3
+        assert value("samplefleet_job_stage_shards", job=job_id, stage="generate", state="failed") == 0
+        assert value("samplefleet_job_samples_total", job=job_id) == 10
+        assert value("samplefleet_job_samples_per_second", job=job_id) > 0
+        assert value("samplefleet_queue_depth", queue="generate.sim-model") == 0  # the model's own queue is there
+        assert value("samplefleet_worker_up", worker=worker.name, seen="ping") == 1
+        assert value("samplefleet_workers_alive") >= 1
+        assert {s for (n, labels), _ in got.items() if n == "samplefleet_job_stage_shards"
+                for k, s in labels if k == "state"} == set(SHARD_STATES)  # no "total" among the states
+
+        redis_server.stop()
+        started = time.monotonic()
+        down = _samples(_scrape(port, timeout=5))
+        assert time.monotonic() - started < 2.0
+        assert down[("samplefleet_redis_up", frozenset({"role": "broker"}.items()))] == 0
+        assert down[("samplefleet_redis_up", frozenset({"role": "state"}.items()))] == 0
+        assert exporter.poll() is None
+    finally:
+        exporter.terminate()
+        exporter.wait(20)
+
+
+def test_a_shard_in_flight_counts_its_worker_alive(tmp_path, redis_server, workers):
+    """A solo worker busy with a shard answers no ping: its shard still shows it alive and the shard in flight."""
+    from producer.fleet import Fleet
+    from producer.metrics import registry
+
+    worker = workers.start()
+    data = write_jsonl(tmp_path / "d.jsonl", [{"messages": [{"role": "user", "content": "slow"}]}])
+    job = run_cli("submit", str(data), *SIMULATED, "--engine_kwargs", json.dumps({"shard_seconds": 8}),
+                  "--output_dir", str(tmp_path / "out"), broker=redis_server.url, cwd=tmp_path)
+    assert job.returncode == 0, job.stderr[-2000:]
+    job_id = job.stdout.split()[0]
+    reg = registry(Fleet(redis_server.url))
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if reg.get_sample_value("samplefleet_job_in_flight_shards", {"job": job_id}):
+            break
+        time.sleep(0.3)
+    assert reg.get_sample_value("samplefleet_job_stage_shards",
+                                {"job": job_id, "stage": "generate", "state": "in_flight"}) == 1
+    assert reg.get_sample_value("samplefleet_worker_up", {"worker": worker.name, "seen": "lease"}) == 1
+    assert reg.get_sample_value("samplefleet_workers_busy") == 1
+
+
+@pytest.mark.parametrize("url", ["redis://127.0.0.1:1/0"])
+def test_an_exporter_without_redis_says_so_at_start(url, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "producer", "metrics", "--port", str(free_port())], cwd=ROOT,
+                          env=fleet_env(url), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1 and "unreachable" in proc.stderr and "Traceback" not in proc.stderr
