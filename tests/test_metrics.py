@@ -79,6 +79,8 @@ def test_every_metric_has_help_and_type_and_the_job_reads_right(tmp_path, redis_
         assert value("samplefleet_queue_depth", queue="generate.sim-model") == 0  # the model's own queue is there
         assert value("samplefleet_worker_up", worker=worker.name, seen="ping") == 1
         assert value("samplefleet_workers_alive") >= 1
+        idle = _health(worker.name, redis_server.url)
+        assert idle.returncode == 0 and "alive (ping)" in idle.stdout, idle.stderr
         assert {s for (n, labels), _ in got.items() if n == "samplefleet_job_stage_shards"
                 for k, s in labels if k == "state"} == set(SHARD_STATES)  # no "total" among the states
 
@@ -101,7 +103,7 @@ def test_a_shard_in_flight_counts_its_worker_alive(tmp_path, redis_server, worke
 
     worker = workers.start()
     data = write_jsonl(tmp_path / "d.jsonl", [{"messages": [{"role": "user", "content": "slow"}]}])
-    job = run_cli("submit", str(data), *SIMULATED, "--engine_kwargs", json.dumps({"shard_seconds": 8}),
+    job = run_cli("submit", str(data), *SIMULATED, "--engine_kwargs", json.dumps({"shard_seconds": 12}),
                   "--output_dir", str(tmp_path / "out"), broker=redis_server.url, cwd=tmp_path)
     assert job.returncode == 0, job.stderr[-2000:]
     job_id = job.stdout.split()[0]
@@ -115,6 +117,15 @@ def test_a_shard_in_flight_counts_its_worker_alive(tmp_path, redis_server, worke
                                 {"job": job_id, "stage": "generate", "state": "in_flight"}) == 1
     assert reg.get_sample_value("samplefleet_worker_up", {"worker": worker.name, "seen": "lease"}) == 1
     assert reg.get_sample_value("samplefleet_workers_busy") == 1
+    busy = _health(worker.name, redis_server.url)  # the probe of compose and Kubernetes: a busy worker lives
+    assert busy.returncode == 0 and "alive (lease)" in busy.stdout, busy.stderr
+    unknown = _health("nobody@nowhere", redis_server.url)
+    assert unknown.returncode == 1 and "no pong and no shard held" in unknown.stderr
+
+
+def _health(name: str, broker: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "deploy" / "worker_health.py"), name], cwd=ROOT,
+                          env=fleet_env(broker), capture_output=True, text=True, timeout=60)
 
 
 @pytest.mark.parametrize("url", ["redis://127.0.0.1:1/0"])
