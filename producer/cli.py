@@ -2,35 +2,41 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
 import os
 import sys
+import traceback
+from pathlib import Path
 
-from producer.options import add_job_options, spec_from_args
+from producer.options import SWIFT_OPTIONS, add_job_options, spec_from_args
 from producer.submit import run_local
+from schemas import JobSpec
 from schemas.errors import ConfigError, SampleFleetError
 from schemas.fleet import tls_options
+from schemas.settings import settings
 
 log = logging.getLogger("producer")
 
-# swift sample options that have no meaning here, with what to do instead.
-SWIFT_ONLY = {
-    "--model_type": "samplefleet reads the architecture from the model folder; drop it",
-    "--template": "samplefleet always uses the model's own chat template; drop it",
-}
+# Exit codes: 2 for a bad command line, option or setting (argparse's errors, ConfigError); 1 for everything
+# that fails while working (bad data, output in the way, a model that cannot load, a service, a disk);
+# 130 after Ctrl-C.
+EXIT_USAGE, EXIT_FAILED, EXIT_INTERRUPTED = 2, 1, 130
 
 
 def _common(parser: argparse.ArgumentParser, *, broker_help: str) -> None:
     parser.add_argument("--broker", default=os.environ.get("SAMPLEFLEET_BROKER_URL"), help=broker_help)
     parser.add_argument("--log_level", "--log-level", default="WARNING", help="logging level (default WARNING)")
+    parser.add_argument("--debug", action="store_true", help="print the traceback of an error (also "
+                        "SAMPLEFLEET_DEBUG=1)")
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="producer", description="samplefleet: sample N candidates per prompt "
+    parser = argparse.ArgumentParser(prog="producer", allow_abbrev=False, description="samplefleet: sample N candidates per prompt "
                                      "of a dataset and write them as chat jsonl (swift sample's job), in this "
                                      "process or over a fleet of Celery workers.")
     sub = parser.add_subparsers(dest="command", required=True)
-    submit = sub.add_parser("submit", help="sample a dataset (in this process when no broker is given)",
+    submit = sub.add_parser("submit", allow_abbrev=False, help="sample a dataset (in this process when no broker is given)",
                             description="Sample N candidates for each prompt of DATASET and write them as jsonl. "
                             "Option names follow `swift sample`.")
     add_job_options(submit)
@@ -42,13 +48,13 @@ def _parser() -> argparse.ArgumentParser:
                        ("cancel", "stop a job: workers skip its remaining shards"),
                        ("resume", "re-enqueue a job's shards that are neither done nor in flight"),
                        ("wait", "show a job's progress until it ends")):
-        cmd = sub.add_parser(name, help=text, description=text)
+        cmd = sub.add_parser(name, help=text, description=text, allow_abbrev=False)
         cmd.add_argument("job", help="job id (see `producer list`)")
         if name == "resume":
             cmd.add_argument("--wait", action="store_true", help="show progress until the job ends")
         cmd.add_argument("--no_progress", "--no-progress", action="store_true", help="no progress bar")
         _common(cmd, broker_help="Redis URL of the fleet (default $SAMPLEFLEET_BROKER_URL)")
-    listing = sub.add_parser("list", help="the fleet's jobs, newest first")
+    listing = sub.add_parser("list", allow_abbrev=False, help="the fleet's jobs, newest first")
     _common(listing, broker_help="Redis URL of the fleet (default $SAMPLEFLEET_BROKER_URL)")
     report = sub.add_parser("report", help="write a self-contained HTML page about a finished run",
                             description="Rewards, pass rates, pass@k, lengths, throughput, the prompts that got no "
@@ -56,19 +62,31 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("target", metavar="OUTPUT_FILE_OR_JOB_ID", help="the run's .jsonl, or a fleet job id")
     report.add_argument("--output", help="where to write the page (default: <output name>.report.html beside it)")
     _common(report, broker_help="with a job id: Redis URL of the fleet (default $SAMPLEFLEET_BROKER_URL)")
-    metrics = sub.add_parser("metrics", help="serve queue depths and job progress for Prometheus on /metrics")
+    metrics = sub.add_parser("metrics", allow_abbrev=False, help="serve queue depths and job progress for Prometheus on /metrics")
     metrics.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     metrics.add_argument("--port", type=int, default=9808, help="port (default 9808)")
     _common(metrics, broker_help="Redis URL of the fleet (default $SAMPLEFLEET_BROKER_URL)")
     return parser
 
 
+def _hint(flag: str, known: list[str]) -> str:
+    """What to do about an unknown flag: swift's note for it, or the closest known name."""
+    name = "--" + flag.split("=")[0].lstrip("-").replace("-", "_")
+    if name in SWIFT_OPTIONS:
+        return f"{flag.split('=')[0]}: a swift sample option samplefleet does not take: {SWIFT_OPTIONS[name]}"
+    close = difflib.get_close_matches(flag.split("=")[0], known, n=1, cutoff=0.75)
+    return f"{flag.split('=')[0]}: unknown option" + (f"; did you mean {close[0]}?" if close else "")
+
+
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = _parser()
     args, unknown = parser.parse_known_args(argv)
+    flags = [u for u in unknown if u.startswith("--")]
     if unknown:
-        hints = [f"{u.split('=')[0]}: {SWIFT_ONLY[u.split('=')[0]]}" for u in unknown if u.split("=")[0] in SWIFT_ONLY]
-        parser.error(f"unrecognized arguments: {' '.join(unknown)}" + "".join(f"\n  {h}" for h in hints))
+        sub = parser._subparsers._group_actions[0].choices[args.command]  # the subcommand's own options
+        known = [o for o in sub._option_string_actions if o.startswith("--")]
+        hints = [_hint(f, known) for f in flags]
+        sub.error(f"unrecognized arguments: {' '.join(unknown)}" + "".join(f"\n  {h}" for h in hints))
     return args
 
 
@@ -89,14 +107,14 @@ def _fleet(args: argparse.Namespace):
         raise ConfigError(f"--broker {redact(args.broker)}: not a Redis URL; expected redis://, rediss:// or unix://")
     try:
         tls_options(args.broker)  # a bad ssl_cert_reqs fails here, not when the first task is sent
-        return Fleet(args.broker)
+        return Fleet.from_settings(args.broker)
     except ValueError as exc:  # redis-py's URL parsing: a bad port, a bad query option
         raise ConfigError(f"--broker {redact(args.broker)}: {exc}") from None
 
 
 def submit(args: argparse.Namespace) -> int:
     progress = not args.no_progress
-    spec = spec_from_args(args)
+    spec = args.spec = spec_from_args(args)  # kept for the error message: how to resume this very run
     if args.broker:
         fleet = _fleet(args)
         job_id = fleet.submit(spec)
@@ -146,11 +164,13 @@ def command(args: argparse.Namespace) -> int:
         serve(fleet, args.host, args.port)
         return 0
     if args.command == "status":
+        fleet.sweep()  # the reaper's pass, as the workers make it: a lost worker's shard shows as re-queued
         print(fleet.status(args.job).describe())
     elif args.command == "cancel":
         fleet.cancel(args.job)
         print(f"job {args.job} cancelled")
     elif args.command == "resume":
+        fleet.sweep()  # a lost worker's shard is sent again first, so it is not counted as needing a resume
         print(f"job {args.job}: {fleet.resume(args.job)} shards re-enqueued (a job whose shards are all done is "
               "sent to be finalised)")
         if args.wait:
@@ -160,21 +180,45 @@ def command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _resume_note(spec: JobSpec | None) -> str:
+    """How to continue a local run that stopped, with its exact --output_file, once it has a parts folder."""
+    if spec is None or "://" in spec.output_dir:
+        return ""
+    parts = Path(spec.output_dir).expanduser() / f".{spec.output_file}.parts"
+    if not parts.is_dir():
+        return ""
+    where = "" if spec.output_dir == "sample_output" else f" --output_dir {spec.output_dir}"
+    return (f"\nproducer: the run's finished shards are kept in {parts}; continue it with the same options and "
+            f"--resume true --output_file {spec.output_file}{where}")
+
+
+def _debug(args: argparse.Namespace) -> bool:
+    try:
+        return bool(getattr(args, "debug", False) or settings().debug)
+    except ConfigError:
+        return False
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; every failure ends as one ``producer: error:`` line (the traceback with --debug)."""
     args = _parse(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     _quiet_libraries()
     try:
         return command(args)
-    except ConfigError as exc:
-        print(f"producer: error: {exc}", file=sys.stderr)
-        return 2
-    except SampleFleetError as exc:
-        print(f"producer: error: {exc}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
-        print("producer: interrupted; finished shards are kept, continue with --resume true", file=sys.stderr)
-        return 130
+        message, code = "interrupted", EXIT_INTERRUPTED
+    except ConfigError as exc:
+        message, code = str(exc), EXIT_USAGE
+    except SampleFleetError as exc:
+        message, code = str(exc), EXIT_FAILED
+    except Exception as exc:  # noqa: BLE001 - a disk, a library, a plugin: one line, never a traceback
+        message = f"{type(exc).__name__}: {exc}" + ("" if _debug(args) else " (run with --debug for the traceback)")
+        code = EXIT_FAILED
+    if _debug(args):
+        traceback.print_exc()
+    print(f"producer: error: {message}{_resume_note(getattr(args, 'spec', None))}", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

@@ -52,7 +52,8 @@ class JobSpec(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     version: int = SCHEMA_VERSION
-    model: str = Field(description="Local HF folder, hub id, or the built-in alias 'smollm2-135m-instruct'.")
+    model: str | None = Field(None, description="Local HF folder, hub id, or the built-in alias "
+                              "'smollm2-135m-instruct'. Needed to generate; --sampler_engine no (stage 2) needs none.")
     sampler_engine: str = Field("transformers", description="Generation engine: transformers (alias pt), vllm, "
                                 "lmdeploy, client (an OpenAI-compatible endpoint at --base_url), no (score "
                                 "--cache_files, generate nothing), or simulated (a benchmark tool: sleeps, no model).")
@@ -150,6 +151,9 @@ class JobSpec(BaseModel):
 
     @model_validator(mode="after")
     def _n_best(self) -> "JobSpec":
+        if not self.model and self.sampler_engine != "no":
+            raise ValueError(f"--model is required to generate with --sampler_engine {self.sampler_engine} (only "
+                             "--sampler_engine no, which scores --cache_files, needs none)")
         if self.sampler_engine == "no" and not self.cache_files:
             raise ValueError("--sampler_engine no scores earlier candidates: give them with --cache_files")
         if self.sampler_engine == "client" and not self.base_url:

@@ -186,3 +186,40 @@ def test_two_stage_scoring_of_a_cache_file_equals_the_one_stage_run(tmp_path, ar
     assert manifest["engine"]["engine"] == "no"
     assert manifest["counts"]["prompts"] - manifest["counts"]["dropped_prompts"] == len({r["id"] for r in one_rows})
     assert "two.jsonl" in two.stdout
+
+
+def test_the_references_stage_two_command_needs_no_model(tmp_path, arithmetic):
+    """swift's documented stage 2: --sampler_engine no with the reward models and the cache, and no --model."""
+    _ok(run_producer(str(arithmetic), *SMALL, "--num_return_sequences", "3", "--output_file", "stage1.jsonl",
+                     cwd=tmp_path))
+    stage2 = _ok(run_producer("--sampler_engine", "no", "--orm_model", "math", "--prm_model", "embedding",
+                              "--cache_files", "sample_output/stage1.jsonl", "--dataset", str(arithmetic),
+                              "--num_return_sequences", "3", "--n_best_to_keep", "2", "--output_file",
+                              "stage2.jsonl", cwd=tmp_path))
+    assert "stage2.jsonl" in stage2.stdout
+    manifest = json.loads((tmp_path / "sample_output" / "stage2.manifest.json").read_text())
+    assert manifest["engine"]["engine"] == "no" and manifest["spec"]["model"] is None
+    assert manifest["counts"]["candidates"] == 15  # every cached candidate was matched and scored
+    for row in read_jsonl(tmp_path / "sample_output" / "stage2.jsonl"):
+        assert "rejected_response" in row
+
+
+def test_ctrl_c_names_the_exact_output_file_to_resume(tmp_path):
+    data = write_jsonl(tmp_path / "facts.jsonl", [{"query": f"Tell me a fact about {i}."} for i in range(6)])
+    env = {**os.environ, **OFFLINE, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "producer", "submit", "--no_progress", str(data), *SMALL,
+                             "--num_return_sequences", "2", "--shard_size", "1"], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out = tmp_path / "sample_output"
+        deadline = time.monotonic() + 300
+        while not list(out.glob(".*.parts/*.done.json")) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 130, err
+    name = next(out.glob(".*.parts")).name[1:-len(".parts")]  # the timestamped default name
+    assert f"--resume true --output_file {name}" in err and "Traceback" not in err

@@ -113,8 +113,8 @@ BAD_PLUGINS = [
     ("from workers.scoring import orms\norms['x'] = lambda r, g: [1.0]", "register a class"),
     ("from workers.scoring import ORM, orms\nclass A(ORM):\n    def __init__(self, path):\n        pass\n"
      "    def __call__(self, r, g):\n        return []\norms['x'] = A", "no arguments; it requires path"),
-    ("from workers.scoring import ORM, orms\nclass A(ORM):\n    def __call__(self, completions):\n        return []\n"
-     "orms['x'] = A", "must take (infer_requests, ground_truths"),
+    ("from workers.scoring import ORM, orms\nclass A(ORM):\n    def __call__(self):\n        return []\n"
+     "orms['x'] = A", "must take the requests: (infer_requests, ground_truths"),
 ]
 
 

@@ -13,8 +13,8 @@ import time
 from collections.abc import Callable, Iterable
 
 from schemas import JobSpec, PromptShard, ShardSummary
-from schemas.errors import PermanentError
-from schemas.records import rows_note
+from schemas.errors import DataError, PermanentError
+from schemas.records import check_unchanged, rows_note
 from workers.aggregate import shard_rows, summarise
 from workers.generate import generate_shard, load_engine
 from workers.manifest import build_manifest
@@ -25,18 +25,27 @@ log = logging.getLogger(__name__)
 
 
 def run_job(spec: JobSpec, shards: Iterable[PromptShard], *, job_id: str, planned_prompts: int, bad_rows: list[str],
-            on_shard: Callable[[ShardSummary, bool], None] = lambda summary, resumed: None) -> tuple[str, dict]:
+            on_shard: Callable[[ShardSummary, bool], None] = lambda summary, resumed: None,
+            recheck: Iterable[PromptShard] | None = None) -> tuple[str, dict]:
     """Run every shard not yet done, then finalise; returns the final file's location and the manifest.
 
     ``planned_prompts`` and ``bad_rows`` come from the producer's reading of the data, for the manifest;
-    ``on_shard(summary, resumed)`` is called per shard (``resumed``: done by an earlier run).
+    ``on_shard(summary, resumed)`` is called per shard (``resumed``: done by an earlier run). ``recheck``
+    (with --resume): the shards once more, read before anything runs, to refuse data that changed since the
+    finished shards were made.
     """
     started = time.time()
     output = JobOutput(spec)
     with output.lock() as lock:
         output.check()  # a clash fails before any model loads
+        if recheck is not None:
+            check_unchanged({s.index: s.fingerprint for s in output.summaries()}, recheck)
         summaries, manifest = _run_shards(spec, shards, output, job_id=job_id, planned_prompts=planned_prompts,
                                           bad_rows=bad_rows, on_shard=on_shard, started=started)
+        if spec.sampler_engine == "no" and not any(s.candidates for s in summaries):
+            raise DataError(f"--cache_files {', '.join(spec.cache_files)}: no cached candidate matches any prompt of "
+                            f"{', '.join(map(str, spec.datasets))} (matched by id, then by the prompt's turns); give "
+                            "the stage-1 output of this same dataset")
         lock.ensure_held()
         location = output.finalise(manifest, summaries=summaries, planned=-(-planned_prompts // spec.shard_size))
         output.drop_parts()

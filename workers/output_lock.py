@@ -47,8 +47,8 @@ class Owner:
     @classmethod
     def me(cls, spec: JobSpec) -> "Owner":
         data = " ".join(str(d) for d in spec.datasets)
-        command = (f"producer submit {data} --model {spec.model} --output_dir {spec.output_dir} "
-                   f"--output_file {spec.output_file}")
+        model = f" --model {spec.model}" if spec.model else ""
+        command = f"producer submit {data}{model} --output_dir {spec.output_dir} --output_file {spec.output_file}"
         return cls(pid=os.getpid(), host=socket.gethostname(), started=time.time(), command=command)
 
     @classmethod
@@ -107,7 +107,6 @@ class OutputLock(ABC):
 
 class LocalLock(OutputLock):
     def __init__(self, storage: LocalStorage, name: str, owner: Owner) -> None:
-        storage.check_writable()
         self.where = storage.where(name)
         self.path = Path(storage.root) / f".{name}.lock"
         self.record = Path(storage.root) / f".{name}.lock.json"
@@ -215,7 +214,8 @@ class S3Lock(OutputLock):
 
 
 def lock_output(spec: JobSpec, storage: Storage) -> OutputLock:
-    """The lock of ``spec``'s output on ``storage`` (not taken yet)."""
+    """The lock of ``spec``'s output on ``storage`` (not taken yet); a location that cannot be written fails here."""
+    storage.check_writable()
     owner = Owner.me(spec)
     if isinstance(storage, LocalStorage):
         return LocalLock(storage, spec.output_file, owner)

@@ -12,15 +12,17 @@ import time
 
 from schemas import Candidate, GeneratedShard, Generation, JobSpec, Scores
 from schemas.errors import ConfigError
-from workers.scoring import InferRequest, RewardModel, orms, prms
+from workers.registry import Registry
+from workers.scoring import InferRequest, RewardModel
 from workers.scoring.base import validate_scores
 from workers.scoring.plugins import load_plugins
 
 log = logging.getLogger(__name__)
 
 
-def load_prm(spec: JobSpec) -> RewardModel:
-    """A registered PRM name, else a model folder / hub id whose config says what kind it is."""
+def load_prm(spec: JobSpec, prms: Registry[RewardModel]) -> RewardModel:
+    """A registered PRM name (``prms``: the job's registry), else a model folder / hub id whose config says what
+    kind it is."""
     if spec.prm_model in prms:
         return prms.create(spec.prm_model, spec)
     from workers.scoring.prm_kinds import load_prm as load_from_path
@@ -29,14 +31,14 @@ def load_prm(spec: JobSpec) -> RewardModel:
 
 
 class Scorer:
-    """The job's reward models, loaded once per process (plugins first, so their names resolve)."""
+    """The job's reward models, loaded once per process (plugins first, into the job's own registries)."""
 
     def __init__(self, spec: JobSpec) -> None:
-        load_plugins(spec.external_plugins)
+        registries = load_plugins(spec.external_plugins)
         self.spec = spec
         # several ORMs (--orm_model math,format): each built from its own view of the spec, see _one_orm
-        self.orms = {name: orms.create(name, _one_orm(spec, name)) for name in spec.orm_names}
-        self.prm = load_prm(spec) if spec.prm_model else None
+        self.orms = {name: registries.orms.create(name, _one_orm(spec, name)) for name in spec.orm_names}
+        self.prm = load_prm(spec, registries.prms) if spec.prm_model else None
 
     def close(self) -> None:
         for model in (*self.orms.values(), self.prm):
@@ -66,7 +68,8 @@ class Scorer:
             for cand in self._candidates(gen):
                 if (g, cand.text) not in todo:
                     todo[(g, cand.text)] = len(requests)
-                    requests.append(InferRequest(messages=[*turns, {"role": "assistant", "content": cand.text}]))
+                    requests.append(InferRequest(messages=[*turns, {"role": "assistant", "content": cand.text}],
+                                                 columns=gen.prompt.extra))
                     truths.append(gen.prompt.ground_truth)
         parts = {name: self._run(model, name, requests, truths) for name, model in self.orms.items()}
         orm = _weighted(self.spec, parts, len(requests))

@@ -1,12 +1,13 @@
 """Reward models: the ORM and PRM registries (``--orm_model`` / ``--prm_model`` name -> factory(spec)).
 
-Built-in factories take the JobSpec; plugin files add classes swift-style (``orms['name'] = MyORM``).
+Built-in factories take the JobSpec. These two are the built-ins only: plugin files add classes swift-style
+(``orms['name'] = MyORM``) to a job's own layer over them (``workers.scoring.plugins.load_plugins``).
 The built-in models live in ``orm_kinds`` / ``prm_kinds``: a submodule named ``orms`` or ``prms`` would
 replace the registry of that name on this package the moment it is imported.
 """
 from workers.registry import Registry
 from workers.scoring.base import ORM, PRM, InferRequest, RewardModel
-from workers.scoring.plugins import check_plugin
+from workers.scoring.plugins import plugin_factory
 
 orms: Registry[RewardModel] = Registry("ORM", "--orm_model", {
     "math": "workers.scoring.orm_kinds:MathORM.from_spec",
@@ -14,9 +15,9 @@ orms: Registry[RewardModel] = Registry("ORM", "--orm_model", {
     "format": "workers.scoring.orm_kinds:FormatORM.from_spec",
     "repetition": "workers.scoring.orm_kinds:RepetitionORM.from_spec",
     "length": "workers.scoring.orm_kinds:LengthORM.from_spec",
-}, check=check_plugin)
+}, plugin=plugin_factory)
 prms: Registry[RewardModel] = Registry("PRM", "--prm_model", {
     "embedding": "workers.scoring.prm_kinds:EmbeddingPRM.from_spec",
-}, check=check_plugin)
+}, plugin=plugin_factory)
 
 __all__ = ["ORM", "PRM", "InferRequest", "RewardModel", "orms", "prms"]

@@ -1,14 +1,15 @@
 """What every reward model is: a batch of requests (prompt + one candidate each) in, one score each out.
 
 The calling convention is swift's (``swift.rewards.ORM`` / ``PRM``), so plugin files carry over: a
-constructor with no required arguments, and ``__call__(infer_requests, ground_truths, **kwargs)``
-returning, per request, a float or a list of per-step floats (the minimum counts).
+constructor with no required arguments (``__init__(self, args=None, **kwargs)`` is fine), and
+``__call__(infer_requests, ground_truths, **kwargs)`` returning, per request, a float or a list of per-step
+floats (the minimum counts). Plugin classes need not subclass these: ``workers.scoring.plugins`` adapts
+other conventions (``infer``, GRPO-style ``completions``, chat-completion results).
 """
 from __future__ import annotations
 
 import math
-from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from schemas.errors import PermanentError
@@ -18,13 +19,21 @@ from schemas.errors import PermanentError
 class InferRequest:
     """swift's request shape: plugins read ``request.messages`` (or ``request['messages']``).
 
-    ``messages`` is the prompt's turns followed by the candidate as the last assistant turn.
+    ``messages`` is the prompt's turns followed by the candidate as the last assistant turn; ``columns`` are
+    the dataset row's other columns, readable as ``request['solution']`` as in swift, where a request is the row.
     """
 
     messages: list[dict[str, str]]
+    columns: dict[str, Any] = field(default_factory=dict)
 
     def __getitem__(self, key: str) -> Any:
-        return getattr(self, key)
+        return self.messages if key == "messages" else self.columns[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.messages if key == "messages" else self.columns.get(key, default)
+
+    def __contains__(self, key: str) -> bool:
+        return key == "messages" or key in self.columns
 
     @property
     def response(self) -> str:
@@ -35,16 +44,20 @@ class InferRequest:
 Score = float | list[float]
 
 
-class RewardModel(ABC):
+class RewardModel:
     """Base of ORMs and PRMs; built once per process, called with whole shards' worth of requests."""
 
     #: False for checks that do not compare with a reference answer (format, length, repetition).
     needs_ground_truth: bool = True
 
-    @abstractmethod
+    def __init__(self, args: Any = None, **kwargs: Any) -> None:
+        """swift's reward classes call ``super().__init__(args)``; ``args`` is kept, as swift keeps it."""
+        self.args = args
+
     def __call__(self, infer_requests: list[InferRequest], ground_truths: list[str | None],
                  **kwargs: Any) -> list[Score]:
-        """One score per request, in order."""
+        """One score per request, in order (a subclass defines this, or swift's ``infer``)."""
+        raise NotImplementedError(f"{type(self).__name__} defines neither __call__ nor infer")
 
     def close(self) -> None:
         """Free processes or weights; the default holds none."""

@@ -76,6 +76,9 @@ def resolve_prm_path(name: str) -> str:
         return name
     from workers.scoring import prms
 
+    if "/" not in name and not name.startswith((".", "~")):  # a bare name: unknown, like an unknown --orm_model
+        raise ConfigError(f"--prm_model {name!r}: unknown PRM (no such model folder either); known: "
+                          f"{', '.join(prms.names())}, the alias {DEMO_ALIAS!r}, a model folder or a hub id")
     raise ModelLoadError(f"--prm_model {name!r}: no such model folder ({path.resolve()}), and not a hub id, "
                          f"the alias {DEMO_ALIAS!r} or a registered PRM ({', '.join(prms.names())})")
 
