@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -21,12 +20,12 @@ from celery import Celery
 from celery.exceptions import TimeoutError as CeleryTimeout
 
 from producer.datasets import PromptStream
-from producer.submit import cut_shards, part_size
-from schemas import JobSpec, PromptShard
+from producer.submit import absolute_paths, cut_shards, part_size
+from schemas import JobSpec
 from schemas.errors import ConfigError, DataError, SampleFleetError, TransientError
 from schemas.fleet import QUEUE_CONTROL, TASK_GENERATE, TASK_OPEN, celery_settings, model_queue, redis_options
 from schemas.reaper import Reaper
-from schemas.records import fingerprint, rows_note
+from schemas.records import check_unchanged, fingerprint
 from schemas.settings import settings
 from schemas.state import STAGES, JobRecord, JobState, Keys, StateError, Status
 
@@ -41,18 +40,6 @@ def redact(url: str) -> str:
         return url
     netloc = f"{parts.username or ''}:***@{parts.netloc.rpartition('@')[2]}"  # not .port: it raises on a bad one
     return urlunsplit(parts._replace(netloc=netloc))
-
-
-def for_workers(spec: JobSpec) -> JobSpec:
-    """Paths made absolute: workers (and a later `producer resume`) do not share this working directory."""
-    def absolute(path: str) -> str:
-        return path if "://" in path else str(Path(path).expanduser().resolve())
-
-    datasets = [ds.model_copy(update={"source": absolute(ds.source)}) if Path(ds.source).expanduser().exists()
-                else ds for ds in spec.datasets]
-    return spec.model_copy(update={"output_dir": absolute(spec.output_dir), "datasets": datasets,
-                                   "external_plugins": [absolute(p) for p in spec.external_plugins],
-                                   "cache_files": [absolute(p) for p in spec.cache_files]})
 
 
 class Fleet:
@@ -104,7 +91,7 @@ class Fleet:
         ``open_timeout`` (default SAMPLEFLEET_OPEN_TIMEOUT): how long a worker may take to check the output.
         """
         open_timeout = open_timeout or settings().open_timeout
-        spec = for_workers(spec)
+        spec = absolute_paths(spec)
         stream = PromptStream(spec)
         total = stream.count()
         if total == 0:
@@ -116,7 +103,7 @@ class Fleet:
         job_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
         done = self._open(spec, open_timeout)
         if done:  # shards an earlier run left in the output: they must hold the same prompts as now
-            _check_unchanged(cut_shards(stream.iterate(total), job_id, spec.shard_size), done)
+            check_unchanged(done, cut_shards(stream.iterate(total), job_id, spec.shard_size))
         queue = model_queue(spec.model)
         record = JobRecord(id=job_id, spec=spec, shards=-(-prompts // spec.shard_size), prompts=prompts,
                            rows_read=total, bad_rows=stream.bad_rows, created=time.time(), queue=queue)
@@ -221,7 +208,7 @@ class Fleet:
             raise DataError(f"job {job_id}: the data changed since the job began ({record.rows_read} prompts read "
                             f"then, {total} now from {', '.join(map(str, spec.datasets))}); resume with the same "
                             "data, or submit a new job")
-        _check_unchanged(cut_shards(stream.iterate(total), job_id, spec.shard_size), state.fingerprints())
+        check_unchanged(state.fingerprints(), cut_shards(stream.iterate(total), job_id, spec.shard_size))
         try:
             again = state.resume(record.status, record.shards)
         except StateError as exc:
@@ -250,16 +237,6 @@ class Fleet:
         finally:
             bars.close()
         return status
-
-
-def _check_unchanged(shards: Iterable[PromptShard], expected: dict[int, str]) -> None:
-    """Refuse data whose shards hold other prompts than when the run began (unknown fingerprints pass)."""
-    for shard in shards:
-        before = expected.get(shard.index)
-        if before and before != fingerprint(shard.prompts):
-            raise DataError(f"the data changed since the run began: shard {shard.index}{rows_note(shard.prompts)} "
-                            "holds other prompts than before; resume with the same data, or start over "
-                            "(a new job, or --override_exist_file true)")
 
 
 @dataclass(frozen=True)

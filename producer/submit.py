@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 from producer.datasets import PromptStream, part_bounds
 from producer.progress import Progress
@@ -50,6 +51,18 @@ def cut_shards(prompts: Iterable[Prompt], job: str, size: int) -> Iterator[Promp
         yield PromptShard(job_id=job, index=index, prompts=batch)
 
 
+def absolute_paths(spec: JobSpec) -> JobSpec:
+    """Paths made absolute: workers, and a later resume from another folder, do not share this working directory."""
+    def absolute(path: str) -> str:
+        return path if "://" in path else str(Path(path).expanduser().resolve())
+
+    datasets = [ds.model_copy(update={"source": absolute(ds.source)}) if Path(ds.source).expanduser().exists()
+                else ds for ds in spec.datasets]
+    return spec.model_copy(update={"output_dir": absolute(spec.output_dir), "datasets": datasets,
+                                   "external_plugins": [absolute(p) for p in spec.external_plugins],
+                                   "cache_files": [absolute(p) for p in spec.cache_files]})
+
+
 def part_size(spec: JobSpec, total: int) -> int:
     """Prompts in this job's --data_range part of ``total`` (all of them without one)."""
     start, stop = part_bounds(spec, total)
@@ -59,6 +72,7 @@ def part_size(spec: JobSpec, total: int) -> int:
 def run_local(spec: JobSpec, *, progress: bool = True) -> RunResult:
     """Run the whole job in this process and return where its output went."""
     started = time.perf_counter()
+    spec = absolute_paths(spec)
     stream = PromptStream(spec)
     total = stream.count()  # reads every row once: bad data fails here, before any sampling
     bad_rows = list(stream.bad_rows)
@@ -71,8 +85,9 @@ def run_local(spec: JobSpec, *, progress: bool = True) -> RunResult:
     bar = Progress(part, enabled=progress)
     try:
         job = job_id(spec)
+        recheck = cut_shards(stream.iterate(total), job, spec.shard_size) if spec.resume else None
         path, manifest = backend.run_job(spec, cut_shards(stream.iterate(total), job, spec.shard_size), job_id=job,
-                                         planned_prompts=part, bad_rows=bad_rows, on_shard=bar)
+                                         planned_prompts=part, bad_rows=bad_rows, on_shard=bar, recheck=recheck)
     finally:
         bar.close()
     return RunResult(path=path, manifest=manifest, seconds=time.perf_counter() - started)

@@ -4,7 +4,9 @@ All are frozen pydantic models whose JSON is the wire and disk format.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+from collections.abc import Iterable, Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -33,6 +35,30 @@ class Prompt(_Record):
     messages: list[Message] = Field(min_length=1)
     ground_truth: str | None = None
     extra: dict[str, Any] = Field(default_factory=dict, description="Other columns, copied to the output row.")
+
+
+def fingerprint(prompts: Iterable["Prompt"]) -> str:
+    """A shard's identity: a hash of its prompts' ids and positions (changed data changes it)."""
+    return hashlib.md5("\n".join(f"{p.row}:{p.id}" for p in prompts).encode()).hexdigest()[:16]
+
+
+def rows_note(prompts: Sequence["Prompt"], shown: int = 5) -> str:
+    """" [rows: ...]" for a shard's error: where its prompts came from (the first few and a count)."""
+    sources = [p.source for p in prompts[:shown]]
+    more = f"; ... {len(prompts)} prompts in all" if len(prompts) > shown else ""
+    return " [rows: " + "; ".join(sources) + more + "]"
+
+
+def check_unchanged(before: dict[int, str | None], shards: Iterable["PromptShard"]) -> None:
+    """Refuse data whose shards hold other prompts than when the run began (shards not in ``before`` pass)."""
+    from schemas.errors import DataError
+
+    for shard in shards:
+        was = before.get(shard.index)
+        if was and was != fingerprint(shard.prompts):
+            raise DataError(f"the data changed since the run began: shard {shard.index}{rows_note(shard.prompts)} "
+                            "holds other prompts than before; resume with the same data, or start over "
+                            "(a new job, or --override_exist_file true)")
 
 
 class PromptShard(_Record):
@@ -140,6 +166,8 @@ class ShardSummary(_Record):
     short: dict[int, int] = Field(default_factory=dict, description="Prompt row -> candidates it had, when "
                                   "fewer than N (e.g. scored from a cache file).")
     seconds: float
+    fingerprint: str | None = Field(None, description="Hash of the shard's prompts (``fingerprint``): a resume "
+                                    "over changed data is refused.")
     stats: list[PromptStats] = Field(default_factory=list, description="Per prompt, in order, with an ORM: the "
                                      "stats file's lines (the finaliser only concatenates them).")
     histograms: dict[str, dict[str, int]] = Field(default_factory=dict, description="Fixed-bin counts over the "

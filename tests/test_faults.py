@@ -212,7 +212,8 @@ def test_a_slow_but_alive_worker_keeps_its_shard(job_dir, redis_server, workers)
     """Shards that run longer than the lease's expiry (40 s against 30 s) are renewed, never re-queued, and
     nothing is done twice."""
     start_pool(workers, generators=1)
-    job_id = submit(redis_server.url, job_dir, "slow.jsonl", "--data_range", "0", "6", shard_seconds=40).stdout.split()[0]
+    job_id = submit(redis_server.url, job_dir, "slow.jsonl", "--data_range", "0", "12",
+                    shard_seconds=40).stdout.split()[0]  # one shard of 2 prompts
     waited = wait_job(redis_server.url, job_dir, job_id)
     assert waited.returncode == 0, waited.stdout + waited.stderr
     db = redis.Redis.from_url(redis_server.url)

@@ -61,7 +61,9 @@ class SimulatedEngine(Engine):
                                                  f"seed {seed})", tokens=length,
                                             finish_reason="length" if length == params.max_new_tokens else "stop"))
             out.append(Generation(prompt=prompt, candidates=candidates))
-        time.sleep(self.shard_seconds + self.token_seconds * tokens)
+        deadline = time.monotonic() + self.shard_seconds + self.token_seconds * tokens
+        while (left := deadline - time.monotonic()) > 0:  # in slices, as a decode loop steps: a time limit can stop it
+            time.sleep(min(left, 0.1))
         return out
 
     def describe(self) -> dict[str, str]:
