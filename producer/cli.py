@@ -14,6 +14,7 @@ from producer.submit import run_local
 from schemas import JobSpec
 from schemas.errors import ConfigError, SampleFleetError
 from schemas.fleet import tls_options
+from schemas.state import Status
 from schemas.settings import settings
 
 log = logging.getLogger("producer")
@@ -132,11 +133,11 @@ def submit(args: argparse.Namespace) -> int:
 
 def _finish(status) -> int:
     print(status.describe())
-    if status.status == "partial":
+    if status.status == Status.PARTIAL:
         print(f"job {status.job_id} is PARTIAL: {len(status.failed)} shards failed (see above); "
               f"`producer resume {status.job_id}` retries them", file=sys.stderr)
         return 1
-    return 0 if status.status == "done" else 1
+    return 0 if status.status == Status.DONE else 1
 
 
 def command(args: argparse.Namespace) -> int:
@@ -202,21 +203,25 @@ def _debug(args: argparse.Namespace) -> bool:
 def main(argv: list[str] | None = None) -> int:
     """Run one command; every failure ends as one ``producer: error:`` line (the traceback with --debug)."""
     args = _parse(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    level = logging.getLevelName(args.log_level.upper())  # the number for a known name
+    if not isinstance(level, int):
+        print(f"producer: error: --log_level {args.log_level!r}: expected DEBUG, INFO, WARNING or ERROR", file=sys.stderr)
+        return EXIT_USAGE
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     _quiet_libraries()
     try:
         return command(args)
-    except KeyboardInterrupt:
-        message, code = "interrupted", EXIT_INTERRUPTED
+    except KeyboardInterrupt as exc:
+        error, message, code = exc, "interrupted", EXIT_INTERRUPTED
     except ConfigError as exc:
-        message, code = str(exc), EXIT_USAGE
+        error, message, code = exc, str(exc), EXIT_USAGE
     except SampleFleetError as exc:
-        message, code = str(exc), EXIT_FAILED
+        error, message, code = exc, str(exc), EXIT_FAILED
     except Exception as exc:  # noqa: BLE001 - a disk, a library, a plugin: one line, never a traceback
         message = f"{type(exc).__name__}: {exc}" + ("" if _debug(args) else " (run with --debug for the traceback)")
-        code = EXIT_FAILED
+        error, code = exc, EXIT_FAILED
     if _debug(args):
-        traceback.print_exc()
+        traceback.print_exception(error)
     print(f"producer: error: {message}{_resume_note(getattr(args, 'spec', None))}", file=sys.stderr)
     return code
 

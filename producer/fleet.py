@@ -27,7 +27,7 @@ from schemas.fleet import QUEUE_CONTROL, TASK_GENERATE, TASK_OPEN, celery_settin
 from schemas.reaper import Reaper
 from schemas.records import check_unchanged, fingerprint
 from schemas.settings import settings
-from schemas.state import STAGES, JobRecord, JobState, Keys, StateError, Status
+from schemas.state import STAGES, JobRecord, JobState, Keys, LeaseState, StateError, Status
 
 log = logging.getLogger(__name__)
 FINISHED = tuple(s.value for s in Status if s.finished)
@@ -172,7 +172,7 @@ class Fleet:
 
     def status(self, job_id: str) -> "JobStatus":
         record, state = self._record(job_id), self.state(job_id)
-        leases = {i: {"stage": lease.stage, "worker": lease.owner, "state": lease.state, "age": round(age, 1),
+        leases = {i: {"stage": lease.stage, "worker": lease.owner, "state": lease.state.value, "age": round(age, 1),
                       "expires_in": round(left, 1)} for i, (lease, age, left) in state.leases().items()}
         return JobStatus(
             job_id=job_id, status=record.status.value, shards=record.shards, prompts=record.prompts,
@@ -272,8 +272,8 @@ class JobStatus:
             lines.append(f"  {self.counters.get('rows', 0)} rows, {self.counters.get('candidates', 0)} samples, "
                          f"{self.counters.get('tokens', 0)} tokens ({rate:.1f} samples/s)")
         for index, lease in sorted(self.running.items()):
-            held = {"running": f"on {lease['worker']}", "retry": "waiting to retry",
-                    "requeued": "sent again (its worker was lost)"}.get(lease["state"], lease["state"])
+            held = {LeaseState.RUNNING: f"on {lease['worker']}", LeaseState.RETRY: "waiting to retry",
+                    LeaseState.REQUEUED: "sent again (its worker was lost)"}[LeaseState(lease["state"])]
             expiry = (f"lease expires in {lease['expires_in']:.0f}s" if lease["expires_in"] >= 0 else
                       f"lease expired {-lease['expires_in']:.0f}s ago")
             lines.append(f"  shard {index}: {lease['stage']} {held}, for {lease['age']:.0f}s, {expiry}")

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
-
-import redis
+from typing import TYPE_CHECKING, Any
 
 from schemas.fleet import QUEUE_AGGREGATE, TASK_FINALISE
 from schemas.settings import Settings
 from schemas.state import JobState, Keys, Status, active_jobs
+
+if TYPE_CHECKING:  # the local run needs no Redis client installed
+    import redis
 
 log = logging.getLogger(__name__)
 Send = Callable[[str, list[Any], str], None]  # (task name, args, queue)

@@ -18,12 +18,15 @@ import json
 import random
 import time
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import redis
 from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.job import JobSpec
+
+if TYPE_CHECKING:  # the local run imports the enums with no Redis client installed
+    import redis
+    import redis.lock
 
 KEY_PREFIX = "samplefleet"
 STAGES = ("generate", "score", "aggregate")
@@ -38,6 +41,12 @@ class Status(str, enum.Enum):
     @property
     def finished(self) -> bool:
         return self is not Status.RUNNING
+
+
+class LeaseState(str, enum.Enum):
+    RUNNING = "running"  # its holder is at work and renews it
+    RETRY = "retry"  # a failed attempt waiting out its back-off
+    REQUEUED = "requeued"  # its holder was lost (or the back-off ended): the reaper sent the task again
 
 
 class Keys:
@@ -113,7 +122,7 @@ class Lease(BaseModel):
     index: int
     token: str = Field(description="The task's id: a retry of the same task keeps it.")
     owner: str = Field(description="The worker's name, or 'reaper' once sent again.")
-    state: str = Field("running", description="running; retry (waiting out a back-off); requeued (sent again)")
+    state: LeaseState = LeaseState.RUNNING
     task: str
     args: list[Any]
     queue: str
