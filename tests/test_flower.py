@@ -15,6 +15,8 @@ from conftest import ROOT, write_jsonl
 from fleetkit import fleet_env, free_port, run_cli
 
 AUTH = "operator:s3cret-flower"
+SIMULATED = ["--model", "sim-model", "--sampler_engine", "simulated", "--num_return_sequences", "2",
+             "--max_new_tokens", "4", "--no_progress"]
 
 
 def _get(url: str, auth: str | None = AUTH) -> tuple[int, bytes]:
@@ -46,9 +48,8 @@ def test_flower_lists_a_job_s_tasks_with_their_job_shard_and_queue(tmp_path, red
             assert flower.poll() is None and time.monotonic() < deadline, (tmp_path / "flower.log").read_text()[-3000:]
             time.sleep(0.3)
         data = write_jsonl(tmp_path / "d.jsonl", [{"messages": [{"role": "user", "content": f"q{i}"}]} for i in range(3)])
-        job = run_cli("submit", str(data), "--model", "sim-model", "--sampler_engine", "simulated",
-                      "--num_return_sequences", "2", "--max_new_tokens", "4", "--shard_size", "2", "--no_progress",
-                      "--output_dir", str(tmp_path / "out"), "--wait", broker=redis_server.url, cwd=tmp_path)
+        job = run_cli("submit", str(data), *SIMULATED, "--shard_size", "2", "--output_dir", str(tmp_path / "out"),
+                      "--wait", broker=redis_server.url, cwd=tmp_path)
         assert job.returncode == 0, job.stderr[-2000:]
         job_id = job.stdout.split()[0]
 
@@ -63,6 +64,20 @@ def test_flower_lists_a_job_s_tasks_with_their_job_shard_and_queue(tmp_path, red
         assert {t["name"] for t in ours} >= {"samplefleet.generate", "samplefleet.aggregate"}
         assert all(t["state"] == "SUCCESS" and t["worker"] == worker.name for t in ours)
         assert {t["routing_key"] for t in ours if t["name"] == "samplefleet.generate"} == {"generate.sim-model"}
+        assert {t["result"] for t in ours} == {"'done'"}
+
+        # A cancelled job's shards still end as SUCCESS in Celery's terms; the result column tells them apart.
+        slow = run_cli("submit", str(data), *SIMULATED, "--shard_size", "1", "--engine_kwargs", '{"shard_seconds": 2}',
+                       "--output_dir", str(tmp_path / "out2"), broker=redis_server.url, cwd=tmp_path)
+        assert slow.returncode == 0, slow.stderr[-2000:]
+        cancelled = slow.stdout.split()[0]
+        assert run_cli("cancel", cancelled, broker=redis_server.url, cwd=tmp_path).returncode == 0
+        deadline, results = time.monotonic() + 60, []
+        while time.monotonic() < deadline and len(results) < 3:
+            time.sleep(0.5)
+            results = [t.get("result") for t in json.loads(_get(f"{base}/api/tasks")[1]).values()
+                       if cancelled in (t.get("args") or "") and t["name"] == "samplefleet.generate" and t.get("result")]
+        assert len(results) == 3 and any(r.startswith("'skipped: ") for r in results), results
         # The Broker page lists the queues the workers consume, generate.<model> included once Flower has
         # refreshed its view of the workers (the Workers page's Refresh, or this call).
         assert _get(f"{base}/api/workers?refresh=1")[0] == 200

@@ -3,12 +3,12 @@ the exposition parsed with prometheus_client's own parser, and a scrape with Red
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
 import urllib.request
 
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import ROOT, write_jsonl
@@ -128,8 +128,26 @@ def _health(name: str, broker: str) -> subprocess.CompletedProcess:
                           env=fleet_env(broker), capture_output=True, text=True, timeout=60)
 
 
-@pytest.mark.parametrize("url", ["redis://127.0.0.1:1/0"])
-def test_an_exporter_without_redis_says_so_at_start(url, tmp_path):
+def test_an_exporter_without_redis_says_so_at_start():
+    """It starts only when Redis answers; once running, a Redis outage reads as samplefleet_redis_up 0."""
     proc = subprocess.run([sys.executable, "-m", "producer", "metrics", "--port", str(free_port())], cwd=ROOT,
-                          env=fleet_env(url), capture_output=True, text=True, timeout=60)
+                          env=fleet_env(f"redis://127.0.0.1:{free_port()}/0"), capture_output=True, text=True,
+                          timeout=60)
     assert proc.returncode == 1 and "unreachable" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_the_grafana_dashboard_queries_only_metrics_the_exporter_serves(redis_server):
+    from producer.fleet import Fleet
+    from producer.metrics import registry
+
+    served = set()
+    for family in registry(Fleet(redis_server.url)).collect():
+        served.add(f"{family.name}_total" if family.type == "counter" else family.name)
+    dashboard = json.loads((ROOT / "deploy" / "grafana" / "samplefleet.json").read_text())
+    queried = set()
+    for panel in dashboard["panels"]:
+        assert panel["description"] and panel["targets"], panel["title"]
+        for target in panel["targets"]:
+            queried |= set(re.findall(r"samplefleet_[a-z_]+", target["expr"]))
+    assert queried and queried <= served, queried - served
+    assert {v["name"] for v in dashboard["templating"]["list"]} == {"datasource", "job"}
