@@ -1,13 +1,16 @@
 """The producer's side of the fleet: record a job in Redis, enqueue its shards, report and steer it.
 
 Tasks are sent by name (``schemas.fleet``) and the job state is changed only through
-``schemas.state``: the producer never imports the workers. Every option and every row is checked before anything is enqueued, and
+``schemas.state``: the producer never imports the workers. Every option and every row is checked
+before anything is enqueued, and
 the output location is checked by a worker (which holds the storage credentials) through the
 ``open_job`` task, so a job that cannot finish never half-starts.
 """
 from __future__ import annotations
 
+import json
 import logging
+import re
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -23,7 +26,8 @@ from producer.datasets import PromptStream
 from producer.submit import absolute_paths, cut_shards, part_size
 from schemas import JobSpec
 from schemas.errors import ConfigError, DataError, SampleFleetError, TransientError
-from schemas.fleet import QUEUE_CONTROL, TASK_GENERATE, TASK_OPEN, celery_settings, model_queue, redis_options
+from schemas.fleet import (QUEUE_AGGREGATE, QUEUE_CONTROL, QUEUE_SCORE, TASK_GENERATE, TASK_OPEN, celery_settings,
+                           model_queue, redis_options)
 from schemas.reaper import Reaper
 from schemas.records import check_unchanged, fingerprint
 from schemas.settings import settings
@@ -135,31 +139,46 @@ class Fleet:
                  only: set[int] | None = None, batch: int = 256) -> int:
         """Send every shard not in ``skip`` (and in ``only``, when given); how many were sent.
 
-        Each batch of shards is recorded as queued (with its fingerprint) before it is sent. One producer for
+        Every shard's fingerprint is recorded, for a later resume to check the data against. One producer for
         the whole loop, and ``ignore_result``: otherwise Celery subscribes to each task's result channel as it
         sends it, a SUBSCRIBE per shard and a subscription list that grows with the job.
         """
-        queue, sent, pending = model_queue(spec.model), 0, []
-
-        def flush() -> None:
-            state.queued({s.index: fingerprint(s.prompts) for s in pending})
-            for shard in pending:
+        queue, sent, seen = model_queue(spec.model), 0, {}
+        with self.celery.producer_or_acquire() as producer:
+            for shard in cut_shards(stream.iterate(total), state.id, spec.shard_size):
+                seen[shard.index] = fingerprint(shard.prompts)
+                if len(seen) >= batch:
+                    state.remember(seen)
+                    seen = {}
+                if shard.index in skip or (only is not None and shard.index not in only):
+                    continue
                 self.celery.send_task(TASK_GENERATE, args=[state.id, shard.index, shard.model_dump_json()],
                                       queue=queue, producer=producer, ignore_result=True,
                                       argsrepr=f"({state.id!r}, {shard.index}, <{len(shard.prompts)} prompts>)")
-            pending.clear()
-
-        with self.celery.producer_or_acquire() as producer:
-            for shard in cut_shards(stream.iterate(total), state.id, spec.shard_size):
-                if shard.index in skip:
-                    state.db.hset(state.keys.fingerprint, shard.index, fingerprint(shard.prompts))
-                elif only is None or shard.index in only:
-                    pending.append(shard)
-                    sent += 1
-                    if len(pending) >= batch:
-                        flush()
-            flush()
+                sent += 1
+            state.remember(seen)
         return sent
+
+    def _waiting(self, record: JobRecord) -> set[int]:
+        """The job's shards whose task waits in a queue of the broker, or was taken by a worker that has not
+        acknowledged it (kombu's ``unacked`` hash); read from the tasks' ``argsrepr`` ("('JOB', SHARD, ...")."""
+        broker = redis.Redis.from_url(self.broker, **redis_options())
+        pattern = re.compile(r"\('" + re.escape(record.id) + r"', (\d+)")
+        found: set[int] = set()
+
+        def look(raw: bytes) -> None:
+            message = json.loads(raw)
+            message = message[0] if isinstance(message, list) else message  # unacked: [message, exchange, key]
+            if m := pattern.match((message.get("headers") or {}).get("argsrepr") or ""):
+                found.add(int(m.group(1)))
+
+        for queue in (record.queue, QUEUE_SCORE, QUEUE_AGGREGATE):
+            for start in range(0, broker.llen(queue), 1000):
+                for raw in broker.lrange(queue, start, start + 999):
+                    look(raw)
+        for _, raw in broker.hscan_iter("unacked"):
+            look(raw)
+        return found
 
     # --- inspect and steer -----------------------------------------------------------------------------------
 
@@ -192,7 +211,8 @@ class Fleet:
             raise ConfigError(str(exc)) from None
 
     def resume(self, job_id: str) -> int:
-        """Send again the shards that are neither aggregated, nor leased by a live worker, nor queued; how many.
+        """Send again the shards that are neither aggregated, nor leased by a live worker, nor waiting in the
+        broker; how many.
 
         The data is read again from the job's (absolute) dataset paths and must hold the same prompts: a
         changed dataset is refused, naming the first shard that differs, before anything is sent. A job whose
@@ -210,7 +230,7 @@ class Fleet:
                             "data, or submit a new job")
         check_unchanged(state.fingerprints(), cut_shards(stream.iterate(total), job_id, spec.shard_size))
         try:
-            again = state.resume(record.status, record.shards)
+            again = state.resume(record.status, record.shards, self._waiting(record))
         except StateError as exc:
             raise ConfigError(str(exc)) from None
         if not again:

@@ -3,8 +3,8 @@
 Producer and workers change a job only through ``JobState``; each transition is one Lua script (or
 one MULTI), so duplicates of a shard's tasks, in any order, settle it exactly once.
 
-A shard's life: *queued* for a stage -> *leased* by the worker running that stage (the lease names
-the task, so it can be sent again) -> the stage is done and the shard is queued for the next one ->
+A shard's life: its task queued for a stage (in the broker) -> *leased* by the worker running that stage
+(the lease names the task, so it can be sent again) -> the stage is done and the next stage's task sent ->
 ... -> *settled*: aggregated (its rows are in place) or failed. A worker renews its lease every
 ``lease_renew`` seconds; a lease that is ``lease_expire`` seconds old (its worker died) is re-armed
 by the reaper, which sends the task again. A failed attempt that will be retried holds its lease
@@ -66,7 +66,6 @@ class Keys:
         self.deliveries = f"{base}:deliveries"  # hash: "stage:shard" -> times its task began
         self.leases = f"{base}:leases"  # hash: shard -> Lease JSON
         self.expiry = f"{base}:expiry"  # sorted set: shard -> when its lease expires (Redis time)
-        self.queued = f"{base}:queued"  # hash: shard -> stage its task was sent for, not yet begun
         self.requeued = f"{base}:requeued"  # hash: shard -> times it was sent again after a lost worker
         self.fingerprint = f"{base}:fingerprint"  # hash: shard -> hash of its prompt ids (checked on resume)
         self.counters = f"{base}:counters"  # hash: candidates, tokens, rows (counted once per shard)
@@ -74,7 +73,7 @@ class Keys:
 
     def all(self) -> list[str]:
         return [self.job, *self.stage.values(), self.failed, self.attempts, self.deliveries, self.leases,
-                self.expiry, self.queued, self.requeued, self.fingerprint, self.counters, self.finalising]
+                self.expiry, self.requeued, self.fingerprint, self.counters, self.finalising]
 
 
 _JSON_FIELDS = ("spec", "bad_rows", "engine")  # JobRecord fields kept as JSON in the hash; the rest as text
@@ -144,13 +143,12 @@ def _now(db: redis.Redis) -> float:
 
 _LUA_NOW = "local t = redis.call('TIME') local now = tonumber(t[1]) + tonumber(t[2]) / 1e6 "
 
-# KEYS: job, aggregate set, failed, deliveries, leases, expiry, queued
+# KEYS: job, aggregate set, failed, deliveries, leases, expiry
 # ARGV: stage, index, lease JSON (without `since`), lease seconds, most deliveries, stage order of ARGV[1]
 _BEGIN = _LUA_NOW + """
 local index = ARGV[2]
 local status = redis.call('HGET', KEYS[1], 'status')
 if status ~= 'running' then
-  redis.call('HDEL', KEYS[7], index)
   return {0, status or 'unknown', 0}
 end
 if redis.call('SISMEMBER', KEYS[2], index) == 1 or redis.call('HEXISTS', KEYS[3], index) == 1 then
@@ -172,7 +170,6 @@ if n > tonumber(ARGV[5]) then return {0, 'poison', n} end
 lease.since = now
 redis.call('HSET', KEYS[5], index, cjson.encode(lease))
 redis.call('ZADD', KEYS[6], now + tonumber(ARGV[4]), index)
-redis.call('HDEL', KEYS[7], index)
 return {1, '', n}
 """
 
@@ -217,13 +214,12 @@ end
 return first
 """
 
-# KEYS: aggregate set, failed, leases, expiry, queued. ARGV: index, token, error. 1 when this settled it.
+# KEYS: aggregate set, failed, leases, expiry. ARGV: index, token, error. 1 when this settled it.
 _FAIL = _LUA_DROP + """
 if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 1 or redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then
   return 0
 end
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
-redis.call('HDEL', KEYS[5], ARGV[1])
 drop_if_ours(KEYS[3], KEYS[4], ARGV[1], ARGV[2])
 return 1
 """
@@ -285,24 +281,22 @@ redis.call('SREM', KEYS[2], KEYS[1])
 return 'running'
 """
 
-# KEYS: job, aggregate set, failed, attempts, deliveries, leases, expiry, queued, active
-# ARGV: status read by the caller, shard count.
-# Reopens the job and marks the shards to send again as queued: those neither aggregated, nor under a live
-# lease, nor queued (for a running job; a finished job's tasks have all been taken). Returns their indices,
-# or {-1, status} when the job changed since the caller read it, or is done.
+# KEYS: job, aggregate set, failed, attempts, deliveries, leases, expiry, active
+# ARGV: status read by the caller, shard count, then the shards whose task waits in the broker.
+# Reopens the job; returns the shards to send again: those neither aggregated, nor under a live lease, nor
+# waiting in the broker. Or {-1, status} when the job changed since the caller read it, or is done.
 _RESUME = _LUA_NOW + """
 local status = redis.call('HGET', KEYS[1], 'status')
 if status ~= ARGV[1] or status == 'done' then return {-1, status or 'unknown'} end
+local waiting = {}
+for i = 3, #ARGV do waiting[ARGV[i]] = true end
 local out = {}
 for i = 0, tonumber(ARGV[2]) - 1 do
   local index = tostring(i)
-  if redis.call('SISMEMBER', KEYS[2], index) == 0 then
+  if redis.call('SISMEMBER', KEYS[2], index) == 0 and not waiting[index] then
     local expires = tonumber(redis.call('ZSCORE', KEYS[7], index) or '0')
-    local leased = expires > now
-    local queued = status ~= 'partial' and redis.call('HEXISTS', KEYS[8], index) == 1
-    if not leased and not queued then
+    if expires <= now then
       out[#out + 1] = i
-      redis.call('HSET', KEYS[8], index, 'generate')
       redis.call('HDEL', KEYS[6], index)
       redis.call('ZREM', KEYS[7], index)
     end
@@ -311,7 +305,7 @@ end
 redis.call('DEL', KEYS[3], KEYS[4], KEYS[5])
 redis.call('HSET', KEYS[1], 'status', 'running')
 redis.call('HDEL', KEYS[1], 'finished')
-redis.call('SADD', KEYS[9], KEYS[1])
+redis.call('SADD', KEYS[8], KEYS[1])
 return out
 """
 
@@ -365,13 +359,10 @@ class JobState:
     def record_engine(self, engine: dict[str, str]) -> None:
         self.db.hsetnx(self.keys.job, "engine", json.dumps(engine))
 
-    def queued(self, shards: dict[int, str], stage: str = "generate") -> None:
-        """The producer is sending these shards (index -> fingerprint)."""
-        if shards:
-            pipe = self.db.pipeline()
-            pipe.hset(self.keys.queued, mapping={i: stage for i in shards})
-            pipe.hset(self.keys.fingerprint, mapping=shards)
-            pipe.execute()
+    def remember(self, fingerprints: dict[int, str]) -> None:
+        """Each shard's fingerprint, checked when the job is resumed."""
+        if fingerprints:
+            self.db.hset(self.keys.fingerprint, mapping=fingerprints)
 
     def fingerprints(self) -> dict[int, str]:
         return {int(k): v.decode() for k, v in self.db.hgetall(self.keys.fingerprint).items()}
@@ -382,7 +373,7 @@ class JobState:
         """Take the shard's lease for ``lease.stage`` unless the task should not run (see ``Begin.reason``)."""
         k = self.keys
         run, reason, n = self._lua["begin"](
-            keys=[k.job, k.stage["aggregate"], k.failed, k.deliveries, k.leases, k.expiry, k.queued],
+            keys=[k.job, k.stage["aggregate"], k.failed, k.deliveries, k.leases, k.expiry],
             args=[lease.stage, lease.index, lease.model_dump_json(exclude={"since"}), seconds, most_deliveries])
         return Begin(run=bool(run), reason=reason.decode() if isinstance(reason, bytes) else reason, deliveries=n)
 
@@ -393,10 +384,6 @@ class JobState:
     def release(self, index: int, token: str) -> None:
         """Drop our lease (after the next stage's task is sent: a worker lost before that is re-run)."""
         self._lua["release"](keys=[self.keys.leases, self.keys.expiry], args=[index, token])
-
-    def queue(self, index: int, stage: str) -> None:
-        """The shard's task for ``stage`` is about to be sent (its lease is kept until it is)."""
-        self.db.hset(self.keys.queued, index, stage)
 
     def stage_done(self, stage: str, index: int, token: str, *, candidates: int = 0, tokens: int = 0,
                    rows: int = 0) -> bool:
@@ -409,7 +396,7 @@ class JobState:
     def failed(self, index: int, token: str, error: str) -> bool:
         """Settle the shard as failed; False when it was settled already (aggregated, or failed before)."""
         k = self.keys
-        return bool(self._lua["fail"](keys=[k.stage["aggregate"], k.failed, k.leases, k.expiry, k.queued],
+        return bool(self._lua["fail"](keys=[k.stage["aggregate"], k.failed, k.leases, k.expiry],
                                       args=[index, token, error]))
 
     def attempt_failed(self, index: int, token: str, *, most: int, base: float = 2.0,
@@ -461,11 +448,12 @@ class JobState:
         if was != Status.RUNNING.value:
             raise StateError(f"job {self.id} is {was}: only a running job can be cancelled")
 
-    def resume(self, status: Status, shards: int) -> list[int]:
-        """Reopen the job; the shards to send again (queued by this call). See ``_RESUME``."""
+    def resume(self, status: Status, shards: int, waiting: Iterable[int] = ()) -> list[int]:
+        """Reopen the job; the shards to send again (``waiting``: those whose task is in the broker). See
+        ``_RESUME``."""
         k = self.keys
         out = self._lua["resume"](keys=[k.job, k.stage["aggregate"], k.failed, k.attempts, k.deliveries, k.leases,
-                                        k.expiry, k.queued, Keys.active], args=[status.value, shards])
+                                        k.expiry, Keys.active], args=[status.value, shards, *waiting])
         if out and out[0] == -1:
             now = out[1].decode() if isinstance(out[1], bytes) else out[1]
             raise StateError(f"job {self.id} is {now}: nothing to resume" if now == "done" else

@@ -76,7 +76,7 @@ def test_resume_from_another_directory_reads_the_same_data(tmp_path, redis_serve
     job_id = cancelled_job(redis_server.url, workers, tmp_path / "sub")
     workers.start("generate")  # takes the cancelled job's shards and skips them
     db = redis.Redis.from_url(redis_server.url)
-    until(lambda: db.hlen(Keys(job_id).queued) == 0)
+    until(lambda: db.llen("generate.sim") == 0 and not db.hlen("unacked"))
     resumed = run_cli("resume", job_id, "--wait", "--no_progress", broker=redis_server.url, cwd=tmp_path)
     assert resumed.returncode == 0 and "4 shards re-enqueued" in resumed.stdout, resumed.stdout + resumed.stderr
     assert len(read_jsonl(tmp_path / "sub" / "sample_output" / "r.jsonl")) == 16

@@ -63,7 +63,6 @@ def test_a_stage_runs_once_per_live_lease_and_a_duplicate_is_skipped(db):
     assert not twin.run and twin.reason == "leased by w1"
     # the next stage takes the shard over from the hand-over in progress; the earlier stage cannot come back
     state.stage_done("generate", 0, "t1")
-    state.queue(0, "score")
     assert begin(state, 0, "t3", "score", owner="w3").run
     assert not begin(state, 0, "t4", "generate").run
     state.release(0, "t1")  # not ours any more: the scorer's lease stays
@@ -137,12 +136,10 @@ def test_a_shard_delivered_too_often_is_poison(db):
 
 def test_cancel_is_refused_for_a_finished_job_and_skips_the_rest_of_a_running_one(db):
     state = new_job(db)
-    state.queued({0: "fp0", 1: "fp1"})
     state.cancel()
     assert state.status() is Status.CANCELLED and active_jobs(db) == []
     got = begin(state, 0, "t1")
     assert not got.run and got.reason == "cancelled"
-    assert not db.hexists(state.keys.queued, 0)  # a skipped task is no longer waiting
     with pytest.raises(StateError, match="only a running job"):
         state.cancel()
     done = new_job(db, "j2")
@@ -158,16 +155,16 @@ def test_finish_happens_once(db):
     assert state.record().status is Status.PARTIAL and active_jobs(db) == []
 
 
-def test_resume_of_a_running_job_sends_only_shards_neither_queued_leased_nor_done(db):
+def test_resume_of_a_running_job_sends_only_shards_neither_waiting_leased_nor_done(db):
     state = new_job(db, shards=5)
     settle(state, 0, "a")  # done
     assert begin(state, 1, "b").run  # leased by a live worker
-    state.queued({2: "fp2"})  # queued, its task not taken yet
+    # shard 2: its task waits in the broker
     assert begin(state, 3, "c", seconds=0.1).run  # leased by a lost worker
     time.sleep(0.2)
     # shard 4: its task was lost (e.g. Redis lost the queue)
-    assert state.resume(Status.RUNNING, 5) == [3, 4]
-    assert db.hget(state.keys.queued, 4) == b"generate"
+    assert state.resume(Status.RUNNING, 5, waiting=[2]) == [3, 4]
+    assert 3 not in state.leases()
     with pytest.raises(StateError, match="changed while resuming"):
         state.resume(Status.PARTIAL, 5)  # the caller read another status than there is now
 

@@ -144,7 +144,6 @@ class ShardTask(Task):
     def pass_on(self, state: JobState, index: int, task: Task, args: tuple, queue: str) -> None:
         """Mark this stage done and send the next stage's task; the lease is dropped only after it is sent."""
         state.stage_done(self.stage, index, self.request.id)
-        state.queue(index, task.stage)
         task.apply_async(args, queue=queue)
 
 
