@@ -28,14 +28,15 @@ from prometheus_client.registry import Collector
 
 from producer.fleet import Fleet, JobStatus
 from schemas.fleet import DEFAULT_QUEUES
-from schemas.state import STAGES, Keys, Status
+from schemas.state import STAGES, Keys, LeaseState, Status
 
 log = logging.getLogger(__name__)
 JOB_STATES = tuple(s.value for s in Status)
 # A shard at a stage: done past it, in_flight (a worker holds its lease), retrying (a failed attempt waits out
 # its back-off), requeued (its worker was lost; sent again), failed there.
 SHARD_STATES = ("done", "in_flight", "retrying", "requeued", "failed")
-LEASE_STATES = {"running": "in_flight", "retry": "retrying", "requeued": "requeued"}
+LEASE_STATES = {LeaseState.RUNNING.value: "in_flight", LeaseState.RETRY.value: "retrying",
+                LeaseState.REQUEUED.value: "requeued"}
 SOCKET = {"socket_timeout": 1.0, "socket_connect_timeout": 1.0, "retry": Retry(NoBackoff(), 0)}
 
 
@@ -60,7 +61,7 @@ def _stage_of_failure(error: str) -> str:
 def _live_holders(job: JobStatus) -> set[str]:
     """Workers holding one of the job's shards under a lease that has not expired."""
     return {lease["worker"] for lease in job.running.values()
-            if lease["state"] == "running" and lease["expires_in"] > 0}
+            if lease["state"] == LeaseState.RUNNING.value and lease["expires_in"] > 0}
 
 
 class FleetCollector(Collector):
@@ -85,7 +86,7 @@ class FleetCollector(Collector):
         reader.join(self.deadline)
         if reader.is_alive():
             log.warning("metrics: Redis did not answer within %.1fs; reporting what was read", self.deadline)
-        yield from self._metrics(snap, time.monotonic() - started)
+        yield from self._metrics(copy.deepcopy(snap), time.monotonic() - started)  # a late reader changes nothing
 
     # --- reading -----------------------------------------------------------------------------------------
 
@@ -103,9 +104,12 @@ class FleetCollector(Collector):
             log.warning("metrics: %s: %s", type(exc).__name__, exc)
 
     def _read_broker(self, snap: Snapshot) -> None:
-        try:
+        try:  # the model queues in use are recorded with the job state
             known = {q.decode() for q in self.fleet.db.smembers(Keys.queues)}
-            queues = sorted(set(DEFAULT_QUEUES) | known)
+        except (redis.RedisError, OSError):
+            known = set()
+        queues = sorted(set(DEFAULT_QUEUES) | known)
+        try:
             with self.broker.pipeline(transaction=False) as pipe:
                 for queue in queues:
                     pipe.llen(queue)
@@ -124,7 +128,7 @@ class FleetCollector(Collector):
             log.warning("metrics: job state unreachable: %s", exc)
             return
         snap.redis_up["state"] = True
-        snap.jobs = [self.fleet.status(job_id) for job_id in ids]  # all or none: a late reader changes nothing
+        snap.jobs = [self.fleet.status(job_id) for job_id in ids]  # all or none
 
     # --- metrics -----------------------------------------------------------------------------------------
 
