@@ -24,8 +24,8 @@ from schemas.errors import ConfigError
 from workers.engines.base import Engine
 
 
-@dataclass(frozen=True)
-class SimulatedEngine(Engine):
+@dataclass
+class SimulatedEngine(Engine):  # not frozen: the caller sets ``on_progress`` while a shard runs
     shard_seconds: float = 0.05
     token_seconds: float = 0.0
     min_tokens: int = 1
