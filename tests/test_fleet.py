@@ -109,7 +109,7 @@ def test_failing_shard_is_retried_then_failed_and_the_job_ends_partial(tmp_path,
     rows = read_jsonl(tmp_path / "sample_output" / "p.jsonl")
     assert manifest["counts"]["prompts"] == 4  # the other 4 prompts: one row each unless reported as dropped
     assert len(rows) + manifest["counts"]["dropped_prompts"] == 4 and rows
-    assert workers.started[0].log.read_text().count("Retry in") == 1  # 2 attempts: one retry, then failed
+    assert workers.started[0].log.read_text().count("attempt 1 failed") == 1  # 2 attempts: one retry, then failed
 
 
 def test_resume_re_enqueues_lost_shards_and_cancel_stops_a_job(tmp_path, arithmetic, redis_server, workers):
@@ -234,7 +234,7 @@ def test_fleet_output_to_s3_lands_in_the_bucket_with_its_manifest(tmp_path, arit
 
 def test_unknown_reward_model_is_refused_before_the_job_is_recorded(tmp_path, arithmetic, redis_server, workers):
     """The producer does not import reward models or engines: the worker's open_job check refuses them."""
-    from schemas.fleet import Keys
+    from schemas.state import Keys
 
     workers.start("control")
     proc = _submit(redis_server.url, tmp_path, str(arithmetic), *JOB, "--orm_model", "no_such_orm",
