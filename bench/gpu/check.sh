@@ -52,8 +52,12 @@ shopt -s nullglob
 WHEELS=("$CARRY"/wheels/*.whl)
 if [ ${#WHEELS[@]} -gt 0 ]; then
   echo "== installing ${#WHEELS[@]} wheels from $CARRY/wheels into $SITE"
-  "$PY" -m pip install -q --no-index --no-deps --disable-pip-version-check --target "$SITE" "${WHEELS[@]}" || {
-    echo "check.sh: pip could not install the wheels of $CARRY/wheels (made for another Python?)" >&2; exit 1; }
+  if "$PY" -m pip --version >/dev/null 2>&1; then
+    "$PY" -m pip install -q --no-index --no-deps --disable-pip-version-check --target "$SITE" "${WHEELS[@]}" || {
+      echo "check.sh: pip could not install the wheels of $CARRY/wheels (made for another Python?)" >&2; exit 1; }
+  else  # no pip: a wheel is a zip of its site-packages files, which is all a --target install makes of it
+    for w in "${WHEELS[@]}"; do "$PY" -m zipfile -e "$w" "$SITE" || exit 1; done
+  fi
 fi
 export PYTHONPATH="$SITE:$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 
