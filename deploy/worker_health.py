@@ -1,27 +1,31 @@
 """Is this worker alive? ``python deploy/worker_health.py NAME`` exits 0 if so, 1 with the reason if not.
 
-The compose health check and the Kubernetes liveness probe of every pool. Alive means what
-``samplefleet_worker_up`` means: the worker answers a ping, or holds a shard's lease. A ``--pool solo``
-worker answers no ping while it runs a shard (its one thread is busy), so a ping alone would call every
-busy GPU worker dead, and a liveness probe would kill it mid-shard.
+The compose health check and the Kubernetes probes of every pool. Alive means what
+``samplefleet_worker_up`` means: the worker answers a ping, or holds a live lease on a shard. A
+``--pool solo`` worker answers no ping while it runs a shard (its one thread is busy), so a ping alone
+would call every busy GPU worker dead, and a liveness probe would kill it mid-shard. The ping goes to
+this worker only: a probe on every pod must not make every worker answer every other pod's probe.
 """
 from __future__ import annotations
 
 import sys
 
 from producer.fleet import Fleet
-from producer.metrics import registry
+from producer.metrics import live_holders
 from schemas.errors import SampleFleetError
 from schemas.settings import settings
+from schemas.state import active_jobs
 
 
-def alive(fleet: Fleet, name: str) -> str | None:
+def alive(fleet: Fleet, name: str, *, timeout: float = 1.0) -> str | None:
     """How ``name`` was seen (``ping`` or ``lease``), or None."""
-    for family in registry(fleet).collect():
-        if family.name == "samplefleet_worker_up":
-            for sample in family.samples:
-                if sample.labels["worker"] == name and sample.value:
-                    return sample.labels["seen"]
+    app = fleet.celery
+    with app.connection_for_write() as conn:
+        if app.control.ping(destination=[name], timeout=timeout, connection=conn):
+            return "ping"
+    for job_id in active_jobs(fleet.db):
+        if name in live_holders(fleet.status(job_id)):
+            return "lease"
     return None
 
 

@@ -58,7 +58,7 @@ def _stage_of_failure(error: str) -> str:
     return head if head in STAGES else "unknown"
 
 
-def _live_holders(job: JobStatus) -> set[str]:
+def live_holders(job: JobStatus) -> set[str]:
     """Workers holding one of the job's shards under a lease that has not expired."""
     return {lease["worker"] for lease in job.running.values()
             if lease["state"] == LeaseState.RUNNING.value and lease["expires_in"] > 0}
@@ -199,7 +199,7 @@ class FleetCollector(Collector):
                     tokens_rate, age)
 
     def _worker_metrics(self, snap: Snapshot) -> Iterator[Metric]:
-        busy = set().union(*(_live_holders(job) for job in snap.jobs))
+        busy = set().union(*(live_holders(job) for job in snap.jobs))
         up = GaugeMetricFamily("samplefleet_worker_up", "1 for a worker that answered a ping or holds a shard "
                                "(seen: how it was seen).", labels=["worker", "seen"])
         for name in sorted(snap.pinged | busy):
