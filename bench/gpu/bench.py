@@ -10,8 +10,9 @@ figure), per model and batch size. PRMs: the judge (the smollm2 causal LM), the 
 head) and the sequence-classification PRM on K distinct multi-step candidates, one at a time vs batched.
 Targets (read here, never asserted): ours >= 0.95x the better of generate and cb; PRM batching >= 3x.
 
-Writes ``gpu-check.json`` and ``gpu-check.md`` to ``--out`` after every measurement (a run cut short keeps what
-it measured), stops starting new measurements after ``--budget-s`` seconds, and prints a summary.
+PRMs run first (short, with a target of their own), then generation, largest batch first. Writes ``gpu-check.json``
+and ``gpu-check.md`` to ``--out`` after every measurement (a run cut short keeps what it measured), starts no new
+measurement after ``--budget-s`` seconds, and prints a summary.
 ``--cpu`` shrinks every size (and the models: 2 layers, width 64) so the same code runs here in seconds.
 """
 from __future__ import annotations
@@ -35,7 +36,7 @@ from continuous_batching import Case, measure  # noqa: E402
 TINY = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
         "num_key_value_heads": 2, "head_dim": 16}
 GPU = {"prompts": 64, "n": 16, "max_new": 256, "batch_sizes": "1024,256", "rounds": 2, "dtype": "bfloat16",
-       "prm_candidates": 256, "prm_batch": 32, "prm_steps": 8, "budget_s": 360.0}
+       "prm_candidates": 256, "prm_batch": 32, "prm_steps": 8, "budget_s": 300.0}
 CPU = {"prompts": 3, "n": 2, "max_new": 6, "batch_sizes": "4", "rounds": 1, "dtype": "float32",
        "prm_candidates": 6, "prm_batch": 3, "prm_steps": 3, "budget_s": 120.0}
 STEP_TOKEN = "<extra_0>"
@@ -230,13 +231,40 @@ def main() -> int:
 
     tokenizer_dir, variants = Path(a.tokenizer), tuple(a.variants.split(","))
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:
-        folders: dict[str, str] = {}
+        built: dict[tuple[str, str], str] = {}
+
+        def folder(name: str, head: str) -> str:
+            if (name, head) not in built:
+                config = model_config(name, tokenizer_dir, a.cpu)
+                built[name, head] = build(name, head, config, tokenizer_dir, Path(tmp), device, sizes["dtype"])
+            return built[name, head]
+
+        # PRMs first: short, and a target of their own that the generation runs must not crowd out
+        reqs, answers = prm_requests(sizes["prm_candidates"], sizes["prm_steps"])
+        for kind, cls, head in [("judge", JudgePRM, "causal"), ("step", StepPRM, "tokcls"),
+                                ("seqcls", SeqClsPRM, "seqcls")]:
+            row: dict[str, Any] = {"prm": f"{kind} (smollm2 config)"}
+            try:
+                if over_budget():
+                    row["skipped"] = over_budget()
+                else:
+                    prm = cls(folder("smollm2", head), batch_size=sizes["prm_batch"], device=device,
+                              torch_dtype=sizes["dtype"])
+                    try:
+                        row |= prm_speedup(prm, reqs, answers, sizes["prm_batch"], max(2, sizes["rounds"]))
+                    finally:
+                        prm.close()
+            except Exception as exc:  # one failing measurement must not cost the rest of the check
+                row["error"] = f"{type(exc).__name__}: {exc}"[:500]
+            report["prm"].append(row)
+            save()
+            print(summary({"generation": [], "prm": [row]}), flush=True)
+
         for name in a.models.split(","):
-            folders[name] = build(name, "causal", model_config(name, tokenizer_dir, a.cpu), tokenizer_dir, Path(tmp),
-                                  device, sizes["dtype"])
-            engine = TransformersEngine(folders[name], torch_dtype=sizes["dtype"], engine_kwargs={"device": device})
+            engine = TransformersEngine(folder(name, "causal"), torch_dtype=sizes["dtype"],
+                                        engine_kwargs={"device": device})
             for bs in (int(x) for x in sizes["batch_sizes"].split(",")):
-                row: dict[str, Any] = {"model": name, "batch_size": bs, "max_new_tokens": sizes["max_new"]}
+                row = {"model": name, "batch_size": bs, "max_new_tokens": sizes["max_new"]}
                 case = Case(prompts=prompts(sizes["prompts"]), n=sizes["n"], max_new_tokens=sizes["max_new"],
                             batch_size=bs, ignore_eos=True,
                             # tokens per forward: cb infers it from free memory otherwise (on this CPU 49k: a 40 s warm-up)
@@ -244,37 +272,14 @@ def main() -> int:
                 try:
                     row |= {"skipped": over_budget()} if over_budget() else measure(engine, case, sizes["rounds"],
                                                                                     variants)
-                except Exception as exc:  # one failing variant must not cost the rest of the check
+                except Exception as exc:
                     row["error"] = f"{type(exc).__name__}: {exc}"[:500]
                 report["generation"].append(row)
                 save()
                 print(summary({"generation": [row], "prm": []}), flush=True)
-            engine.close()
             del engine
             if device == "cuda":
                 torch.cuda.empty_cache()
-
-        reqs, answers = prm_requests(sizes["prm_candidates"], sizes["prm_steps"])
-        small = model_config("smollm2", tokenizer_dir, a.cpu)
-        kinds = [("judge", JudgePRM, "causal"), ("step", StepPRM, "tokcls"), ("seqcls", SeqClsPRM, "seqcls")]
-        for kind, cls, head in kinds:
-            row = {"prm": f"{kind} (smollm2 config)"}
-            try:
-                if over_budget():
-                    row["skipped"] = over_budget()
-                else:
-                    folder = folders.get("smollm2") if head == "causal" else None
-                    folder = folder or build("smollm2", head, small, tokenizer_dir, Path(tmp), device, sizes["dtype"])
-                    prm = cls(folder, batch_size=sizes["prm_batch"], device=device, torch_dtype=sizes["dtype"])
-                    try:
-                        row |= prm_speedup(prm, reqs, answers, sizes["prm_batch"], max(2, sizes["rounds"]))
-                    finally:
-                        prm.close()
-            except Exception as exc:
-                row["error"] = f"{type(exc).__name__}: {exc}"[:500]
-            report["prm"].append(row)
-            save()
-            print(summary({"generation": [], "prm": [row]}), flush=True)
     save()
     print(f"--- summary ({report['elapsed_s']} s; {out / 'gpu-check.md'})\n{summary(report)}")
     failed = [r for r in report["generation"] + report["prm"] if "error" in r]
