@@ -5,6 +5,9 @@
 
 Starts a redis-server and exactly one `celery worker --pool solo` serving every queue (generate, score,
 aggregate, control) on 127.0.0.1, so the fleet has the compute of the local run: one process, both cores.
+``--layout split`` starts two instead, a generator (``-Q generate``) and a scorer (``-Q score,aggregate,control``),
+with ``SAMPLEFLEET_THREADS`` set to ``--gen-threads`` / ``--score-threads`` (torch threads of the generator, math
+checker processes of the scorer): the one-box layouts of bench/README.md.
 A warm-up job (the dataset's first row, N=1, one new token, the same engine options) loads the model in
 the worker first; then the job is submitted and timed from submit to its output written:
   job_s              the job record's `created` -> `finished` (Redis), the figure compared with local's warm s
@@ -23,11 +26,15 @@ from pathlib import Path
 from fleet import Fleet, job_id_of, redis_binary
 
 QUEUES = "generate,score,aggregate,control"
+SPLIT = {"gen": "generate", "score": "score,aggregate,control"}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, required=True, help="where to write the timings (JSON)")
+    ap.add_argument("--layout", choices=("one", "split"), default="one", help="one worker, or generator + scorer")
+    ap.add_argument("--gen-threads", default="", help="SAMPLEFLEET_THREADS of the split layout's generator")
+    ap.add_argument("--score-threads", default="", help="SAMPLEFLEET_THREADS of the split layout's scorer")
     ap.add_argument("submit", nargs=argparse.REMAINDER, help="-- DATASET and `producer submit` options")
     a = ap.parse_args()
     submit = a.submit[1:] if a.submit[:1] == ["--"] else a.submit
@@ -39,7 +46,12 @@ def main() -> None:
     t_start = time.time()
     with Fleet() as fleet:
         try:
-            fleet.worker(QUEUES, "worker1")
+            if a.layout == "one":
+                fleet.worker(QUEUES, "worker1")
+            else:
+                for name, threads in (("gen", a.gen_threads), ("score", a.score_threads)):
+                    fleet.worker(SPLIT[name], name, **({"SAMPLEFLEET_THREADS": threads} if threads else {}))
+            result["layout"] = {"layout": a.layout, "gen_threads": a.gen_threads, "score_threads": a.score_threads}
             fleet.ready()
             result["fleet_start_s"] = round(time.time() - t_start, 3)
             t = time.time()
@@ -55,7 +67,8 @@ def main() -> None:
             result.update(job_id=job_id, status=job["status"], submit_to_done_s=round(time.time() - t, 3),
                           job_s=round(float(job["finished"]) - float(job["created"]), 3))
         finally:
-            (a.out.parent / "worker.log").write_text(fleet.log("worker1"))
+            for name in fleet.workers:
+                (a.out.parent / f"{name}.log").write_text(fleet.log(name))
     a.out.write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(result))
 

@@ -247,20 +247,32 @@ def raw_variant(chunk: int | None = None) -> Variant:
                    build, parse, need(OUR_PY, OUR_MODEL / "config.json"))
 
 
-def fleet_variant() -> Variant:
-    """The same job as `ours` through Redis and one worker process serving every queue (bench/fleet_job.py)."""
+def fleet_variant(name: str = "fleet", *layout: str, args: Callable[[Ctx, Path], list[str]] = submit_args,
+                  description: str = "") -> Variant:
+    """The same job as `ours` through Redis and one worker process serving every queue (bench/fleet_job.py);
+    ``layout``: fleet_job.py options (``--layout split --gen-threads 2 ...``), ``args``: the job's submit options."""
     def build(ctx: Ctx, run_dir: Path) -> Command:
-        return Command([str(OUR_PY), str(BENCH / "fleet_job.py"), "--out", str(run_dir / "fleet.json"), "--",
-                        *submit_args(ctx, run_dir)], output_jsonl=run_dir / "x.jsonl")
+        return Command([str(OUR_PY), str(BENCH / "fleet_job.py"), "--out", str(run_dir / "fleet.json"), *layout,
+                        "--", *args(ctx, run_dir)], output_jsonl=run_dir / "x.jsonl")
 
     def parse(ctx: Ctx, run_dir: Path, rec: dict) -> dict:
         out = parse_manifest(ctx, run_dir, rec)
         path = run_dir / "fleet.json"
         return {**out, **json.loads(path.read_text())} if path.exists() else out
 
-    return Variant("fleet", "the same `producer submit` with --broker: a redis-server and one `celery worker --pool "
-                   "solo` serving every queue, model loaded by a warm-up job first (bench/fleet_job.py)",
-                   build, parse, need(OUR_PY, OUR_MODEL / "config.json"))
+    scored = args is not submit_args
+    return Variant(name, description or "the same `producer submit` with --broker: a redis-server and one `celery "
+                   "worker --pool solo` serving every queue, model loaded by a warm-up job first (bench/fleet_job.py)",
+                   build, parse, need(OUR_PY, OUR_MODEL / "config.json"),
+                   expected_lines=(lambda ctx: None) if scored else (lambda ctx: ctx.prompts * ctx.n))
+
+
+def one_box_args(ctx: Ctx, run_dir: Path) -> list[str]:
+    """The benchmark job with --orm_model math in shards of 5 prompts: a split layout can score one shard
+    while it generates the next."""
+    args = submit_args(ctx, run_dir, "--orm_model", "math")
+    args[args.index("--shard_size") + 1] = "5"
+    return args
 
 
 # --------------------------------------------------------------------------------------------- the experiments
@@ -348,6 +360,42 @@ def fleet_overhead(ctx: Ctx) -> Experiment:
         "(producer and worker start-up, model load and the warm-up left out). samples/s (warm) = candidates / "
         "warm s. shard s = the manifest's summed shard seconds. command wall s = the whole command (for the "
         "fleet: redis and worker start, warm-up, job, shutdown), for reference only.")
+
+
+@experiment("one-box")
+def one_box(ctx: Ctx) -> Experiment:
+    cores = str(len(os.sched_getaffinity(0)))
+    half = str(max(1, len(os.sched_getaffinity(0)) // 2))
+    local = Variant("local-orm", "in-process `producer submit --orm_model math --shard_size 5` (generation, then "
+                    "the shard's scoring, each with every core)",
+                    lambda c, run_dir: Command([str(PRODUCER), "submit", *one_box_args(c, run_dir)],
+                                               output_jsonl=run_dir / "x.jsonl"),
+                    parse_manifest, need(PRODUCER, OUR_MODEL / "config.json"), expected_lines=lambda c: None)
+    return Experiment(
+        "one-box",
+        "One machine, one math-ORM job in shards of 5 prompts: in-process, through one Celery worker serving every "
+        "stage, and through a generator worker beside a scorer worker (their thread settings from "
+        "SAMPLEFLEET_THREADS, see bench/README.md 'One-box layouts'). Model load excluded (warm s).",
+        [local,
+         fleet_variant("fleet-one", args=one_box_args, description="one `celery worker --pool solo` serving every "
+                       "queue (it generates, then scores, one task at a time)"),
+         fleet_variant("fleet-split", "--layout", "split", "--gen-threads", cores, "--score-threads", "1",
+                       args=one_box_args, description=f"generator worker (SAMPLEFLEET_THREADS={cores}: every core) "
+                       "beside a scorer worker (SAMPLEFLEET_THREADS=1: one checker process)"),
+         fleet_variant("fleet-split-halves", "--layout", "split", "--gen-threads", half, "--score-threads", half,
+                       args=one_box_args, description=f"generator and scorer workers with SAMPLEFLEET_THREADS={half} "
+                       "each (the cores split between them)")],
+        [Comparison("fleet-one / local, samples/s (warm)", ("fleet-one", "samples_s"), ("local-orm", "samples_s"),
+                    "one worker serving every stage against the in-process run (target >= 0.9)"),
+         Comparison("fleet-split / local, samples/s (warm)", ("fleet-split", "samples_s"),
+                    ("local-orm", "samples_s"), "generator + scorer workers against the in-process run (target >= 0.9)"),
+         Comparison("fleet-split-halves / local, samples/s (warm)", ("fleet-split-halves", "samples_s"),
+                    ("local-orm", "samples_s"), "the same with the cores split in halves")],
+        (("warm_s", "warm s", 2), ("samples_s", "samples/s (warm)", 3), ("inner_s", "shard s", 2),
+         ("wall_s", "command wall s", 1), ("load_s", "load s", 2), ("warmup_s", "fleet warm-up s", 1),
+         ("peak_rss_mb", "peak RSS MB", 0), ("output_lines", "lines", 0)),
+        "warm s and samples/s as in fleet-overhead: local = manifest seconds - load_seconds; fleet = the job "
+        "record's created -> finished, workers warmed by a one-row job first. samples/s = candidates / warm s.")
 
 
 # --------------------------------------------------------------------------------------------- running

@@ -23,7 +23,7 @@ needs_two_cpus = pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(
 
 def _child(code: str, **env: str) -> str:
     """Run ``code`` in a fresh interpreter (this repo importable, offline) and return its stdout."""
-    base = {k: v for k, v in os.environ.items() if k != "SAMPLEFLEET_THREADS"}
+    base = {k: v for k, v in os.environ.items() if k not in ("SAMPLEFLEET_THREADS", "OMP_NUM_THREADS")}
     done = subprocess.run([sys.executable, "-c", code], env={**base, **OFFLINE, "PYTHONPATH": str(ROOT), **env},
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
@@ -58,6 +58,14 @@ def test_override_wins_over_the_cores():
     out = _child("import torch; from workers.threads import apply_torch_threads\n"
                  "print(apply_torch_threads(), torch.get_num_threads())", SAMPLEFLEET_THREADS="1")
     assert out == "1 1"
+
+
+@needs_two_cpus
+def test_omp_num_threads_given_by_hand_is_left_alone():
+    code = ("import torch; from workers.threads import apply_torch_threads\n"
+            "print(apply_torch_threads(), torch.get_num_threads())")
+    assert _child(code, OMP_NUM_THREADS="1") == "1 1"  # the budget here is 2, but the user asked for 1
+    assert _child(code, OMP_NUM_THREADS="1", SAMPLEFLEET_THREADS="2") == "2 2"  # ours, when set, wins
 
 
 @needs_two_cpus

@@ -97,9 +97,12 @@ def thread_budget() -> int:
 
 
 def apply_torch_threads() -> int:
-    """Set torch's intra-op threads of this process to ``thread_budget()``; returns the count."""
+    """Set torch's intra-op threads of this process to ``thread_budget()``; returns the count. An
+    ``OMP_NUM_THREADS`` given by hand (torch's own setting) is left alone unless ``SAMPLEFLEET_THREADS`` is set."""
     import torch
 
+    if settings().threads is None and os.environ.get("OMP_NUM_THREADS"):
+        return torch.get_num_threads()
     n = thread_budget()
     if torch.get_num_threads() != n:
         log.info("torch intra-op threads: %d -> %d (cores this process may use, or SAMPLEFLEET_THREADS)",
