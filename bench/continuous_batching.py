@@ -16,7 +16,8 @@ compares the decode loops alone; without it each draws its own samples and lengt
 including EOS / s) is the fair figure.
 
 Library for ``bench/gpu/bench.py`` (``Case``, ``measure``); as a script it runs the CPU comparison on the demo
-model over bench20 x 4 (interleaved rounds, rotated order) and writes ``results/continuous-batching.{json,md}``:
+model over bench20 x 4 (interleaved rounds, rotated order) and writes ``results/continuous-batching.{json,md}``
+(``-fixed`` in the name with ``--ignore-eos``):
     .venv/bin/python bench/continuous_batching.py --repeats 3           # the real figures, idle machine only
     .venv/bin/python bench/continuous_batching.py --prompts 2 --n 2 --max-new 4 --repeats 1 --results-dir /tmp/cb
 """
@@ -249,7 +250,7 @@ def bench20_prompts(count: int) -> list[Any]:
 
 
 def markdown(result: dict[str, Any], settings: dict[str, Any]) -> str:
-    lines = ["# continuous-batching", "", f"Settings: `{json.dumps(settings)}`", "",
+    lines = ["# continuous-batching" + ("-fixed" if settings["ignore_eos"] else ""), "", f"Settings: `{json.dumps(settings)}`", "",
              "| variant | seconds (median) | sequences | tokens | tok/s |", "| --- | --- | --- | --- | --- |"]
     for v, s in result["variants"].items():
         lines.append(f"| {v} | {s['seconds']} | {s['sequences']} | {s['tokens']} | {s['tok_s']} |")
@@ -294,8 +295,9 @@ def main() -> None:
                           "transformers": transformers.__version__, "threads": torch.get_num_threads()}}
     out = Path(a.results_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "continuous-batching.json").write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
-    (out / "continuous-batching.md").write_text(markdown(result, settings), encoding="utf-8")
+    stem = "continuous-batching" + ("-fixed" if a.ignore_eos else "")
+    (out / f"{stem}.json").write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+    (out / f"{stem}.md").write_text(markdown(result, settings), encoding="utf-8")
     print(json.dumps({"ours_vs_best": result.get("ours_vs_best"),
                       **{v: s["tok_s"] for v, s in result["variants"].items()}, "results": str(out)}))
 
