@@ -119,8 +119,8 @@ def summarise(spec: JobSpec, shard: GeneratedShard, rows: int, dropped: dict[int
                         candidates=sum(len(g.candidates) for g in gens),
                         tokens=sum(c.tokens for g in gens for c in g.candidates),
                         skipped={g.prompt.row: g.skipped for g in gens if g.skipped}, dropped=dropped,
-                        short={g.prompt.row: len(g.candidates) for g in gens
-                               if not g.skipped and len(g.candidates) < n},
+                        short={g.prompt.row: len(g.candidates) for g in gens  # adaptive stops are no shortfall
+                               if not g.skipped and len(g.candidates) < n and g.prompt.row not in stopped},
                         seconds=round(shard.seconds, 3),
                         stats=[prompt_stats(spec, g, stopped.get(g.prompt.row)) for g in gens] if spec.orm_model else [],
                         histograms=histograms(gens))

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable
 from schemas import JobSpec, PromptShard, ShardSummary
 from schemas.errors import DataError, PermanentError
 from schemas.records import check_unchanged, rows_note
+from workers.adaptive import sample_adaptively
 from workers.aggregate import shard_rows, summarise
 from workers.generate import generate_shard, load_engine
 from workers.manifest import build_manifest
@@ -71,13 +72,17 @@ def _run_shards(spec: JobSpec, shards: Iterable[PromptShard], output: JobOutput,
                 on_shard(previous[shard.index], True)
                 continue
             try:
-                generated = generate_shard(engine, spec, shard)
-                if scorer is not None:
-                    generated = scorer.score(generated)
+                stopped: dict[int, str] = {}
+                if spec.target_correct is not None:  # adaptive sampling: waves until each prompt has enough
+                    generated, stopped = sample_adaptively(engine, scorer, spec, shard)
+                else:
+                    generated = generate_shard(engine, spec, shard)
+                    if scorer is not None:
+                        generated = scorer.score(generated)
             except PermanentError as exc:  # name the shard and its rows, as the fleet's failures do
                 raise type(exc)(f"shard {shard.index}{rows_note(shard.prompts)}: {exc}") from exc
             rows, dropped = shard_rows(spec, generated)
-            summary = summarise(spec, generated, len(rows), dropped)
+            summary = summarise(spec, generated, len(rows), dropped, stopped)
             output.write_shard(rows, summary)
             log.info("job %s shard %d: %d rows in %.1fs", shard.job_id, shard.index, len(rows), summary.seconds)
             on_shard(summary, False)

@@ -9,7 +9,9 @@ tests check that a re-run shard gives exactly the same rows.
 ``--engine_kwargs`` (JSON): ``shard_seconds`` (default 0.05), ``token_seconds`` (default 0),
 ``min_tokens`` (default 1); for fault tests ``fail_on`` (a prompt containing this text raises, like
 an engine bug) and ``exit_on`` (a prompt containing this text kills the worker process, like an
-out-of-memory kill).
+out-of-memory kill). For adaptive-sampling benchmarks, ``pass_rate_column`` names a dataset column holding
+each prompt's pass rate: a candidate then ends with ``\\boxed{<the reference answer>}`` with that probability
+(drawn from prompt id, sample and seed), else with a wrong box, for the math or accuracy ORM to grade.
 """
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ class SimulatedEngine(Engine):  # not frozen: the caller sets ``on_progress`` wh
     min_tokens: int = 1
     fail_on: str | None = None
     exit_on: str | None = None
+    pass_rate_column: str | None = None
     name = "simulated"
 
     @classmethod
@@ -45,6 +48,14 @@ class SimulatedEngine(Engine):  # not frozen: the caller sets ``on_progress`` wh
         low = min(self.min_tokens, cap)
         return low + int.from_bytes(digest, "big") % (cap - low + 1)
 
+    def _answer(self, prompt: Prompt, sample: int, seed: int) -> str:
+        """With --engine_kwargs pass_rate_column: the reference answer's box with the prompt's pass rate."""
+        if self.pass_rate_column is None:
+            return ""
+        digest = hashlib.blake2b(f"pass:{prompt.id}:{sample}:{seed}".encode(), digest_size=8).digest()
+        right = int.from_bytes(digest, "big") / 2**64 < float(prompt.extra.get(self.pass_rate_column, 0.0))
+        return f" \\boxed{{{prompt.ground_truth if right else 'wrong ' + str(sample)}}}"
+
     def generate(self, prompts: Sequence[Prompt], params: SamplingParams, seed: int) -> list[Generation]:
         out, tokens = [], 0
         for prompt in prompts:
@@ -58,7 +69,7 @@ class SimulatedEngine(Engine):  # not frozen: the caller sets ``on_progress`` wh
                 length = self._length(prompt, sample, seed, params.max_new_tokens)
                 tokens += length
                 candidates.append(Candidate(text=f"simulated answer {sample} to {prompt.id[:8]} ({length} tokens, "
-                                                 f"seed {seed})", tokens=length,
+                                                 f"seed {seed}){self._answer(prompt, sample, seed)}", tokens=length,
                                             finish_reason="length" if length == params.max_new_tokens else "stop"))
             out.append(Generation(prompt=prompt, candidates=candidates))
         deadline = time.monotonic() + self.shard_seconds + self.token_seconds * tokens
