@@ -10,23 +10,42 @@ from schemas import ShardSummary
 
 
 class Progress:
-    """Fed one ShardSummary per finished shard; rates count only work done by this run."""
+    """Fed one ShardSummary per finished shard, and (``working``) what the engine did inside the shard that is
+    running, so a long shard shows signs of life; rates count only work done by this run."""
+
+    EVERY = 2.0  # seconds between two refreshes from inside a shard
 
     def __init__(self, total: int, *, enabled: bool = True) -> None:
         self.bar = tqdm(total=total, unit="prompt", disable=not enabled, file=sys.stderr, dynamic_ncols=True)
-        self.started = time.perf_counter()
+        self.started = self.shown = time.perf_counter()
         self.samples = self.tokens = self.rows = self.resumed = 0
+        self.live_tokens = self.live_samples = 0  # inside the running shard
+
+    def _rates(self, extra: str = "") -> None:
+        elapsed = max(time.perf_counter() - self.started, 1e-9)
+        tokens = self.tokens + self.live_tokens
+        self.bar.set_postfix_str(f"{(self.samples + self.live_samples) / elapsed:.1f} samples/s, "
+                                 f"{tokens / elapsed:.0f} tok/s{extra}", refresh=False)
+
+    def working(self, tokens: int, samples: int) -> None:
+        """Tokens generated and samples finished in the running shard since the last call."""
+        self.live_tokens += tokens
+        self.live_samples += samples
+        now = time.perf_counter()
+        if now - self.shown >= self.EVERY:
+            self.shown = now
+            self._rates(f"; this shard: {self.live_samples} samples done, {self.live_tokens} tokens")
+            self.bar.refresh()
 
     def __call__(self, summary: ShardSummary, resumed: bool) -> None:
         self.rows += summary.rows
+        self.live_tokens = self.live_samples = 0
         if resumed:
             self.resumed += summary.prompts
         else:
             self.samples += summary.candidates
             self.tokens += summary.tokens
-        elapsed = max(time.perf_counter() - self.started, 1e-9)
-        self.bar.set_postfix_str(f"{self.samples / elapsed:.1f} samples/s, {self.tokens / elapsed:.0f} tok/s",
-                                 refresh=False)
+        self._rates()
         self.bar.update(summary.prompts)
 
     def close(self) -> None:

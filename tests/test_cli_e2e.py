@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -223,3 +224,40 @@ def test_ctrl_c_names_the_exact_output_file_to_resume(tmp_path):
     assert proc.returncode == 130, err
     name = next(out.glob(".*.parts")).name[1:-len(".parts")]  # the timestamped default name
     assert f"--resume true --output_file {name}" in err and "Traceback" not in err
+
+
+def _full_disk() -> None:
+    """In the child: files may not grow past 4 KB, as on a disk that fills up (EFBIG instead of a signal)."""
+    import resource
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_a_disk_that_fills_up_mid_run_gives_one_line_or_the_traceback_with_debug(tmp_path, debug):
+    rows = [{"query": f"q{i}", "response": "r"} for i in range(4)]
+    data = write_jsonl(tmp_path / "d.jsonl", rows)
+    write_jsonl(tmp_path / "cache.jsonl", [{"messages": [{"role": "user", "content": r["query"]},
+                                                         {"role": "assistant", "content": "x" * 3000}]}
+                                           for r in rows])
+    env = {**os.environ, **OFFLINE, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-m", "producer", "submit", "--no_progress", str(data), "--sampler_engine",
+                           "no", "--cache_files", "cache.jsonl", "--num_return_sequences", "1", "--shard_size", "1",
+                           "--output_file", "o.jsonl", *(["--debug"] if debug else [])], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300, preexec_fn=_full_disk)
+    assert proc.returncode == 1, proc.stderr
+    assert "producer: error: OSError: [Errno 27] File too large" in proc.stderr
+    assert ("Traceback" in proc.stderr) == debug
+    assert ("run with --debug for the traceback" in proc.stderr) != debug
+
+
+def test_a_long_shard_shows_tokens_and_samples_while_it_runs(tmp_path):
+    data = write_jsonl(tmp_path / "long.jsonl", [{"query": f"Write a long story about a dragon called {n}."}
+                                                 for n in ("Ada", "Bo")])
+    env = {**os.environ, **OFFLINE, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-m", "producer", "submit", str(data), "--model", "smollm2-135m-instruct",
+                           "--max_new_tokens", "96", "--num_return_sequences", "2", "--output_file", "o.jsonl"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert re.search(r"this shard: \d+ samples done, [1-9]\d* tokens", proc.stderr), proc.stderr[-2000:]

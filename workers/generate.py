@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable
 
-from schemas import GeneratedShard, JobSpec, Prompt, PromptShard
+from schemas import GeneratedShard, JobSpec, PromptShard
 from workers.engines import ENGINES, Engine
 
 
@@ -13,16 +13,16 @@ def load_engine(spec: JobSpec) -> Engine:
     return ENGINES.create(spec.sampler_engine, spec)
 
 
-def generate_shard(engine: Engine, spec: JobSpec, shard: PromptShard) -> GeneratedShard:
-    """Sample N candidates for every prompt of the shard with the shard's own seed."""
+def generate_shard(engine: Engine, spec: JobSpec, shard: PromptShard,
+                   on_progress: Callable[[int, int], None] | None = None) -> GeneratedShard:
+    """Sample N candidates for every prompt of the shard with the shard's own seed; ``on_progress(tokens,
+    samples)`` hears from engines that report as they decode (see ``Engine.on_progress``)."""
     started = time.perf_counter()
-    generations = engine.generate(shard.prompts, spec.sampling, seed=spec.sampling.shard_seed(shard.index))
+    engine.on_progress = on_progress
+    try:
+        generations = engine.generate(shard.prompts, spec.sampling, seed=spec.sampling.shard_seed(shard.index))
+    finally:
+        engine.on_progress = None
     return GeneratedShard(job_id=shard.job_id, index=shard.index, generations=generations,
                           seconds=time.perf_counter() - started)
 
-
-def rows_note(prompts: Sequence[Prompt], shown: int = 5) -> str:
-    """" [rows: ...]" for a failed shard's error: where its prompts came from (the first few and a count)."""
-    sources = [p.source for p in prompts[:shown]]
-    more = f"; ... {len(prompts)} prompts in all" if len(prompts) > shown else ""
-    return " [rows: " + "; ".join(sources) + more + "]"

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from schemas import Generation, Prompt, SamplingParams
 
@@ -11,6 +11,9 @@ class Engine(ABC):
     """A loaded generator. Built once per process (it holds the weights), then fed whole shards."""
 
     name: str = "engine"
+    #: Set by the caller while a shard runs: called with (tokens generated, samples finished) since the last
+    #: call. Engines that can tell call it as they decode, so a long shard shows signs of life.
+    on_progress: Callable[[int, int], None] | None = None
 
     @abstractmethod
     def generate(self, prompts: Sequence[Prompt], params: SamplingParams, seed: int) -> list[Generation]:

@@ -200,6 +200,8 @@ class TransformersEngine(Engine):
                     done.append((row.prompt, finished))
                 else:
                     keep.append(r)
+            if self.on_progress is not None:
+                self.on_progress(len(rows), len(rows) - len(keep))
             if not keep:
                 break
             if len(keep) < len(rows):
