@@ -115,11 +115,13 @@ def main() -> None:
     results.mkdir(exist_ok=True)
     (results / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")
     rows = "".join(f"| {mode} | {r['pairs']} | {r['samples']} | {r['tokens']} | {r['samples_per_pair']} | "
-                   f"{r['tokens_per_pair']} | {r['wall_s']} |\n" for mode, r in (("fixed", fixed), ("adaptive", adaptive)))
+                   f"{r['tokens_per_pair']} | {r['wall_s']} |\n"
+                   for mode, r in (("fixed", fixed), ("adaptive", adaptive)))
     (results / f"{name}.md").write_text(
         f"# {name}\n\n`{' '.join(sys.argv)}`: {args.prompts} prompts, N={args.n}, K={args.k}, wave {args.wave}"
         f"{', drop_settled' if args.drop_settled else ''}, pass rates {result['rates']}\n\n"
-        "| mode | pairs kept | samples | tokens | samples/pair | tokens/pair | wall s |\n| --- | --- | --- | --- | --- | --- | --- |\n"
+        "| mode | pairs kept | samples | tokens | samples/pair | tokens/pair | wall s |\n"
+        "| --- | --- | --- | --- | --- | --- | --- |\n"
         f"{rows}\nsamples per pair, fixed / adaptive: **{result['samples_per_pair_ratio']}x** (target >= 2x); "
         f"pairs kept, adaptive / fixed: **{result['pairs_ratio']}** (target >= 0.95)\n")
     print(json.dumps(result))

@@ -138,7 +138,8 @@ def _summary(manifest: dict[str, Any]) -> str:
     rows = [(name, f"{mean:.4f}  [{stats['ci95'][name][0]:.4f}, {stats['ci95'][name][1]:.4f}]")
             for name, mean in stats["mean"].items()]
     return (f"<p>{stats['scored_prompts']} of {stats['prompts']} prompts scored; 95% intervals from "
-            f"{stats['bootstrap_resamples']} bootstrap resamples of the prompts.</p>" + _table(rows, ("metric", "mean [95% CI]")))
+            f"{stats['bootstrap_resamples']} bootstrap resamples of the prompts.</p>"
+            + _table(rows, ("metric", "mean [95% CI]")))
 
 
 def render(run: Run) -> str:

@@ -109,7 +109,8 @@ def test_stepwise_rows_label_each_step_by_the_threshold():
     assert lines[1]["labels"] == [False, True]
     ds = Dataset.from_list(lines)  # TRL's stepwise-supervision type: prompt str, completions [str], labels [bool]
     assert not trl_data.is_conversational(lines[0])
-    assert str(ds.features["completions"].feature.dtype) == "string" and str(ds.features["labels"].feature.dtype) == "bool"
+    assert str(ds.features["completions"].feature.dtype) == "string"
+    assert str(ds.features["labels"].feature.dtype) == "bool"
 
 
 def test_exports_need_the_reward_models_they_read():

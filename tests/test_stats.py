@@ -94,7 +94,8 @@ def test_local_and_fleet_runs_give_the_same_stats_file(tmp_path, redis_server, w
     out = tmp_path / "sample_output"
     stats = read_jsonl(out / "local.stats.jsonl")
     assert (out / "fleet.stats.jsonl").read_text() == (out / "local.stats.jsonl").read_text()
-    assert len(stats) == 7 and set(stats[0]) == {"id", "samples", "correct", "pass_at_k", "maj_at_n", "distinct_answers"}
+    assert len(stats) == 7
+    assert set(stats[0]) == {"id", "samples", "correct", "pass_at_k", "maj_at_n", "distinct_answers"}
     assert all(s["samples"] == 6 and s["correct"] == 3 and s["pass_at_k"]["1"] == 0.5 for s in stats)
     local_m, fleet_m = (json.loads((out / f"{n}.manifest.json").read_text()) for n in ("local", "fleet"))
     assert local_m["stats"] == fleet_m["stats"] and local_m["stats"]["mean"]["pass@1"] == 0.5

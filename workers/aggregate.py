@@ -115,6 +115,7 @@ def summarise(spec: JobSpec, shard: GeneratedShard, rows: int, dropped: dict[int
     stopped = stopped or {}
     gens = shard.generations
     n = spec.sampling.num_return_sequences
+    lines = [prompt_stats(spec, g, stopped.get(g.prompt.row)) for g in gens] if spec.orm_model else []
     return ShardSummary(job_id=shard.job_id, index=shard.index, prompts=len(gens), rows=rows,
                         candidates=sum(len(g.candidates) for g in gens),
                         tokens=sum(c.tokens for g in gens for c in g.candidates),
@@ -122,5 +123,5 @@ def summarise(spec: JobSpec, shard: GeneratedShard, rows: int, dropped: dict[int
                         short={g.prompt.row: len(g.candidates) for g in gens  # adaptive stops are no shortfall
                                if not g.skipped and len(g.candidates) < n and g.prompt.row not in stopped},
                         seconds=round(shard.seconds, 3),
-                        stats=[prompt_stats(spec, g, stopped.get(g.prompt.row)) for g in gens] if spec.orm_model else [],
+                        stats=lines,
                         histograms=histograms(gens))
