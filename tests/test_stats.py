@@ -83,12 +83,15 @@ def test_dataset_means_carry_a_seeded_bootstrap_interval():
 
 
 def test_local_and_fleet_runs_give_the_same_stats_file(tmp_path, redis_server, workers):
-    """The stats lines are made in the aggregate step: the in-process run and a real fleet write the same bytes."""
+    """The stats lines are made in the aggregate step: the in-process run and a real fleet write the same bytes
+    (with two ORMs, so the fleet's checks and scorer take the comma-separated names too)."""
     data = write_jsonl(tmp_path / "q.jsonl", [{"query": f"question {i}"} for i in range(7)])
+    job = [*SIMULATED[:-4], "--orm_model", "format,length",  # length passes these short texts: format decides
+           "--orm_kwargs", json.dumps({"format": {"pattern": "answer [0-2] "}}), "--write_scores", "true"]
     workers.start()
-    local = run_producer(str(data), *SIMULATED, "--output_file", "local.jsonl", cwd=tmp_path)
+    local = run_producer(str(data), *job, "--output_file", "local.jsonl", cwd=tmp_path)
     assert local.returncode == 0, local.stderr[-2000:]
-    fleet = run_cli("submit", str(data), *SIMULATED, "--output_file", "fleet.jsonl", "--wait", "--no_progress",
+    fleet = run_cli("submit", str(data), *job, "--output_file", "fleet.jsonl", "--wait", "--no_progress",
                     broker=redis_server.url, cwd=tmp_path)
     assert fleet.returncode == 0, fleet.stderr[-2000:] + fleet.stdout
     out = tmp_path / "sample_output"
@@ -101,6 +104,8 @@ def test_local_and_fleet_runs_give_the_same_stats_file(tmp_path, redis_server, w
     assert local_m["stats"] == fleet_m["stats"] and local_m["stats"]["mean"]["pass@1"] == 0.5
     assert local_m["histograms"] == fleet_m["histograms"] and sum(local_m["histograms"]["tokens"].values()) == 42
     assert [s["candidates"] for s in local_m["shards"]] == [18, 18, 6]
+    assert (out / "fleet.jsonl").read_text() == (out / "local.jsonl").read_text()
+    assert set(read_jsonl(out / "fleet.jsonl")[0]["scores"]["orms"]) == {"format", "length"}
 
 
 def test_no_stats_file_without_an_orm(tmp_path):
