@@ -7,6 +7,7 @@ producer stays free of torch.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import json
@@ -16,6 +17,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from producer.counting import count_aside
 from producer.datasets import PromptStream, part_bounds
 from producer.progress import Progress
 from schemas import JobSpec, Prompt, PromptShard
@@ -70,24 +72,41 @@ def part_size(spec: JobSpec, total: int) -> int:
 
 
 def run_local(spec: JobSpec, *, progress: bool = True) -> RunResult:
-    """Run the whole job in this process and return where its output went."""
+    """Run the whole job in this process and return where its output went.
+
+    The counting pass (every row read and checked once) runs in a child process while the backend loads the
+    models; the backend asks for its result (``plan``) before it opens the output, so bad data still fails
+    before anything is sampled or written.
+    """
     started = time.perf_counter()
-    spec = absolute_paths(spec)
     stream = PromptStream(spec)
-    total = stream.count()  # reads every row once: bad data fails here, before any sampling
-    bad_rows = list(stream.bad_rows)
-    if total == 0:
-        raise DataError(f"no prompts in {', '.join(map(str, spec.datasets))}"
-                        + (f" ({len(bad_rows)} bad rows skipped)" if bad_rows else ""))
-    part = part_size(spec, total)
-    log.info("%d prompts (%d in this part), %d bad rows skipped", total, part, len(bad_rows))
-    backend = importlib.import_module(EMBEDDED_BACKEND)
-    bar = Progress(part, enabled=progress)
-    try:
-        job = job_id(spec)
-        recheck = cut_shards(stream.iterate(total), job, spec.shard_size) if spec.resume else None
-        path, manifest = backend.run_job(spec, cut_shards(stream.iterate(total), job, spec.shard_size), job_id=job,
-                                         planned_prompts=part, bad_rows=bad_rows, on_shard=bar, recheck=recheck)
-    finally:
-        bar.close()
+    job = job_id(spec)
+    bars: list[Progress] = []
+
+    @functools.cache
+    def plan() -> tuple[int, list[str]]:
+        total, bad_rows = counting.result()
+        if total == 0:
+            raise DataError(f"no prompts in {', '.join(map(str, spec.datasets))}"
+                            + (f" ({len(bad_rows)} bad rows skipped)" if bad_rows else ""))
+        part = part_size(spec, total)
+        log.info("%d prompts (%d in this part), %d bad rows skipped", total, part, len(bad_rows))
+        bars.append(Progress(part, enabled=progress))
+        return part, bad_rows
+
+    def shards() -> Iterator[PromptShard]:  # lazy: the data is read only once the count is in
+        yield from cut_shards(stream.iterate(counting.result()[0]), job, spec.shard_size)
+
+    with count_aside(stream) as counting:
+        backend = importlib.import_module(EMBEDDED_BACKEND)
+        if counting.finished(0.1):  # small data, a missing file, a bad first row: known before any model loads
+            plan()
+        try:
+            path, manifest = backend.run_job(spec, shards(), job_id=job, plan=plan,
+                                             on_shard=lambda summary, resumed: bars[0](summary, resumed),
+                                             on_progress=lambda tokens, samples: bars[0].working(tokens, samples),
+                                             recheck=shards() if spec.resume else None)
+        finally:
+            for bar in bars:
+                bar.close()
     return RunResult(path=path, manifest=manifest, seconds=time.perf_counter() - started)

@@ -32,3 +32,8 @@ class OutputError(PermanentError):
 
 class TransientError(SampleFleetError):
     """A failure that may pass (network, throttling): retried with backoff."""
+
+
+class PluginError(SampleFleetError):
+    """A user's reward plugin raised while scoring (names the plugin). Not known to be permanent: the fleet
+    retries it like any unexpected error, then fails the shard; a local run stops with this one line."""

@@ -195,6 +195,7 @@ def test_killed_workers_lose_and_double_nothing_and_recover_within_a_minute(job_
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(7200)
 def test_kill_soak(job_dir, redis_server, tmp_path):
     """Many kill trials on one Redis (SAMPLEFLEET_FAULT_TRIALS, default 20), default settings; every one exact."""
     for trial in range(100, 100 + int(os.environ.get("SAMPLEFLEET_FAULT_TRIALS", 20))):

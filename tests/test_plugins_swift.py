@@ -16,7 +16,7 @@ import pytest
 
 from conftest import write_jsonl
 from schemas import Candidate, GeneratedShard, Generation, JobSpec, Message, Prompt
-from schemas.errors import ConfigError, PermanentError
+from schemas.errors import ConfigError, PluginError
 from workers.score import Scorer
 from workers.scoring import orms as builtin_orms
 from workers.scoring.plugins import load_plugins
@@ -266,7 +266,7 @@ def test_a_real_ms_swift_is_left_alone(tmp_path, monkeypatch):
 def test_a_plugin_that_raises_fails_the_shard_with_its_name(tmp_path):
     path = write(tmp_path, "boom", "from swift.rewards import orms\n\nclass Boom:\n    def __call__(self, r, g):\n"
                  "        raise KeyError('solution')\n\norms['boom'] = Boom\n")
-    with pytest.raises(PermanentError, match=r"reward model 'boom' \(boom_.*:Boom\) raised KeyError: 'solution'"):
+    with pytest.raises(PluginError, match=r"reward model 'boom' \(boom_.*:Boom\) raised KeyError: 'solution'"):
         Scorer(spec(external_plugins=[path], orm_model="boom")).score(shard(("1", ["a"])))
 
 

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterable
 
 from schemas import JobSpec, PromptShard, ShardSummary
-from schemas.errors import DataError, PermanentError
+from schemas.errors import DataError, PermanentError, PluginError
 from schemas.records import check_unchanged, rows_note
 from workers.adaptive import sample_adaptively
 from workers.aggregate import shard_rows, summarise
@@ -25,15 +25,18 @@ from workers.score import Scorer
 log = logging.getLogger(__name__)
 
 
-def run_job(spec: JobSpec, shards: Iterable[PromptShard], *, job_id: str, planned_prompts: int, bad_rows: list[str],
+def run_job(spec: JobSpec, shards: Iterable[PromptShard], *, job_id: str, plan: Callable[[], tuple[int, list[str]]],
             on_shard: Callable[[ShardSummary, bool], None] = lambda summary, resumed: None,
-            recheck: Iterable[PromptShard] | None = None) -> tuple[str, dict]:
+            recheck: Iterable[PromptShard] | None = None,
+            on_progress: Callable[[int, int], None] | None = None) -> tuple[str, dict]:
     """Run every shard not yet done, then finalise; returns the final file's location and the manifest.
 
-    ``planned_prompts`` and ``bad_rows`` come from the producer's reading of the data, for the manifest;
+    ``plan()`` gives (planned prompts, bad rows) from the producer's reading of the data, for the manifest; it is
+    asked once the models are loaded, before the output opens (the local run counts the data meanwhile), and
+    must give the same each time;
     ``on_shard(summary, resumed)`` is called per shard (``resumed``: done by an earlier run). ``recheck``
     (with --resume): the shards once more, read before anything runs, to refuse data that changed since the
-    finished shards were made.
+    finished shards were made. ``on_progress(tokens, samples)`` hears from inside a shard (engines that report).
     """
     started = time.time()
     output = JobOutput(spec)
@@ -41,21 +44,21 @@ def run_job(spec: JobSpec, shards: Iterable[PromptShard], *, job_id: str, planne
         output.check()  # a clash fails before any model loads
         if recheck is not None:
             check_unchanged({s.index: s.fingerprint for s in output.summaries()}, recheck)
-        summaries, manifest = _run_shards(spec, shards, output, job_id=job_id, planned_prompts=planned_prompts,
-                                          bad_rows=bad_rows, on_shard=on_shard, started=started)
+        summaries, manifest = _run_shards(spec, shards, output, job_id=job_id, plan=plan, on_shard=on_shard,
+                                          on_progress=on_progress, started=started)
         if spec.sampler_engine == "no" and not any(s.candidates for s in summaries):
             raise DataError(f"--cache_files {', '.join(spec.cache_files)}: no cached candidate matches any prompt of "
                             f"{', '.join(map(str, spec.datasets))} (matched by id, then by the prompt's turns); give "
                             "the stage-1 output of this same dataset")
         lock.ensure_held()
-        location = output.finalise(manifest, summaries=summaries, planned=-(-planned_prompts // spec.shard_size))
+        location = output.finalise(manifest, summaries=summaries, planned=-(-plan()[0] // spec.shard_size))
         output.drop_parts()
     return location, manifest
 
 
-def _run_shards(spec: JobSpec, shards: Iterable[PromptShard], output: JobOutput, *, job_id: str, planned_prompts: int,
-                bad_rows: list[str], on_shard: Callable[[ShardSummary, bool], None],
-                started: float) -> tuple[list[ShardSummary], dict]:
+def _run_shards(spec: JobSpec, shards: Iterable[PromptShard], output: JobOutput, *, job_id: str,
+                plan: Callable[[], tuple[int, list[str]]], on_shard: Callable[[ShardSummary, bool], None],
+                on_progress: Callable[[int, int], None] | None, started: float) -> tuple[list[ShardSummary], dict]:
     """Load the models, run every shard not done yet; the done-markers and the manifest (models closed)."""
     with contextlib.ExitStack() as stack:
         # Loaded once, before any shard: a plugin, reward model or generator that cannot load fails here.
@@ -65,6 +68,7 @@ def _run_shards(spec: JobSpec, shards: Iterable[PromptShard], output: JobOutput,
         engine = load_engine(spec)
         stack.callback(engine.close)
         loaded = time.time()
+        planned_prompts, bad_rows = plan()  # bad data fails here, before the output opens
         done = output.open()  # only now: a plugin or model that cannot load leaves no "unfinished run" behind
         previous = {s.index: s for s in output.summaries()}
         for shard in shards:
@@ -74,12 +78,12 @@ def _run_shards(spec: JobSpec, shards: Iterable[PromptShard], output: JobOutput,
             try:
                 stopped: dict[int, str] = {}
                 if spec.target_correct is not None:  # adaptive sampling: waves until each prompt has enough
-                    generated, stopped = sample_adaptively(engine, scorer, spec, shard)
+                    generated, stopped = sample_adaptively(engine, scorer, spec, shard, on_progress)
                 else:
-                    generated = generate_shard(engine, spec, shard)
+                    generated = generate_shard(engine, spec, shard, on_progress)
                     if scorer is not None:
                         generated = scorer.score(generated)
-            except PermanentError as exc:  # name the shard and its rows, as the fleet's failures do
+            except (PermanentError, PluginError) as exc:  # name the shard and its rows, as the fleet's failures do
                 raise type(exc)(f"shard {shard.index}{rows_note(shard.prompts)}: {exc}") from exc
             rows, dropped = shard_rows(spec, generated)
             summary = summarise(spec, generated, len(rows), dropped, stopped)

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from schemas.errors import ConfigError, PermanentError
+from schemas.errors import ConfigError, PermanentError, PluginError
 from workers.registry import Registry
 from workers.scoring.base import ORM, PRM, InferRequest, RewardModel
 
@@ -137,7 +137,7 @@ class PluginModel(RewardModel):
             if inspect.isawaitable(result):  # swift's AsyncORM
                 result = asyncio.run(_awaited(result))
         except Exception as exc:
-            raise PermanentError(f"reward model {self.label} raised {type(exc).__name__}: {exc}") from exc
+            raise PluginError(f"reward model {self.label} raised {type(exc).__name__}: {exc}") from exc
         if hasattr(result, "tolist"):
             result = result.tolist()
         return [_content(v) for v in result] if isinstance(result, (list, tuple)) else result
