@@ -116,6 +116,7 @@ class ShardTask(Task):
                 exc = StageTimeLimit(f"{self.stage} ran past SAMPLEFLEET_STAGE_TIME_LIMIT={env.stage_time_limit:g}s")
             return self._attempt_failed(state, index, token, exc, rest, env.max_attempts)
         state.release(index, token)
+        log.info("%s: done", what)  # Celery's own "succeeded" line names only the task id
         return "done"
 
     def _queue(self) -> str:
