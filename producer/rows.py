@@ -20,9 +20,13 @@ _ROLES = {"system": "system", "user": "user", "assistant": "assistant", "tool": 
 _ANSWER_COLUMNS = ("solution", "answer", "response")
 
 
-def row_id(row: dict[str, Any]) -> str:
-    """md5 of the row's JSON, as swift computes its ``id``."""
-    return hashlib.md5(json.dumps(row, ensure_ascii=False, sort_keys=True, default=str).encode()).hexdigest()
+def row_id(messages: list[Message], columns: dict[str, Any]) -> str:
+    """The reference's ``id``, so that our files and ``swift sample``'s join on it: the md5 of the row as swift
+    holds it after its standard preprocessing, i.e. its other columns plus ``messages`` (the row's own turns in
+    ``{"role", "content"}`` form, system and reference answer included, before any ``--system``), dumped with
+    ``json.dumps(row, sort_keys=True)`` (ASCII escapes, as Python's default)."""
+    row = {**columns, "messages": [{"role": m.role, "content": m.content} for m in messages]}
+    return hashlib.md5(json.dumps(row, sort_keys=True, default=str).encode("utf-8")).hexdigest()
 
 
 def _turns(raw: Any, where: str, role_key: str, content_key: str, column: str) -> list[Message]:
@@ -94,6 +98,8 @@ def normalise(row: Any, *, index: int, where: str, system: str | None) -> Prompt
     if not isinstance(row, dict):
         raise DataError(f"{where}: a row must be a JSON object, got {type(row).__name__}")
     turns, used = _layout(row, where)
+    extra = {k: v for k, v in row.items() if k not in used}
+    identity = row_id(turns, extra)  # before the answer is split off and --system is added, as swift does
     ground_truth = None
     if turns[-1].role == "assistant":
         ground_truth = turns.pop().content
@@ -103,5 +109,4 @@ def normalise(row: Any, *, index: int, where: str, system: str | None) -> Prompt
         raise DataError(f"{where}: the prompt must end with a non-empty user turn")
     if system is not None and turns[0].role != "system":
         turns.insert(0, Message(role="system", content=system))
-    extra = {k: v for k, v in row.items() if k not in used}
-    return Prompt(id=row_id(row), row=index, source=where, messages=turns, ground_truth=ground_truth, extra=extra)
+    return Prompt(id=identity, row=index, source=where, messages=turns, ground_truth=ground_truth, extra=extra)

@@ -30,7 +30,10 @@ def test_five_prompts_five_samples_gives_25_rows(tmp_path, arithmetic):
                      cwd=tmp_path))
     rows = read_jsonl(tmp_path / "sample_output" / "out.jsonl")
     assert len(rows) == 25
-    source = {hashlib.md5(json.dumps(r, sort_keys=True).encode()).hexdigest(): r for r in read_jsonl(arithmetic)}
+    swift_row = lambda r: {"messages": [{"role": "user", "content": r["query"]},  # noqa: E731 - as swift holds it
+                                        {"role": "assistant", "content": r["response"]}]}
+    source = {hashlib.md5(json.dumps(swift_row(r), sort_keys=True).encode()).hexdigest(): r
+              for r in read_jsonl(arithmetic)}
     assert Counter(r["id"] for r in rows) == {i: 5 for i in source}
     for row in rows:
         assert list(row) == ["messages", "id"]  # no rejected_response without a reward model

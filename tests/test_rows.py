@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from producer.rows import normalise, row_id
+from producer.rows import normalise
 from schemas.errors import DataError
 
 WHERE = "data.jsonl line 7"
@@ -141,10 +141,26 @@ def test_system_not_inserted_when_row_has_one(row):
 
 # --- id -------------------------------------------------------------------------------------------------------
 
-def test_id_is_md5_of_row():
-    row = {"query": "q", "response": "a"}
-    expected = hashlib.md5(json.dumps(row, ensure_ascii=False, sort_keys=True).encode()).hexdigest()
-    assert norm(row).id == expected == row_id(row)
+def _swift_id(row: dict) -> str:
+    """The reference's formula (its get_messages_md5) on the row as its preprocessing leaves it."""
+    return hashlib.md5(json.dumps(row, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+@pytest.mark.parametrize("row, swift_row", [
+    ({"query": "q", "response": "a", "level": 3},
+     {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}], "level": 3}),
+    ({"query": "Wie viel ist 2+2? é", "system": "Sei kurz.", "history": [["hi", "hallo"]], "tags": ["x", 1]},
+     {"messages": [{"role": "system", "content": "Sei kurz."}, {"role": "user", "content": "hi"},
+                   {"role": "assistant", "content": "hallo"}, {"role": "user", "content": "Wie viel ist 2+2? é"}],
+      "tags": ["x", 1]}),
+    ({"messages": [{"role": "user", "content": "q"}], "solution": "42", "extra": {"b": 1, "a": None}},
+     {"messages": [{"role": "user", "content": "q"}], "solution": "42", "extra": {"b": 1, "a": None}}),
+    ({"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}], "id_src": 7},
+     {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}], "id_src": 7}),
+])
+def test_id_is_the_references_md5_of_the_row_with_its_columns(row, swift_row):
+    assert norm(row).id == _swift_id(swift_row)
+    assert norm(row, system="SYS").id == norm(row).id  # --system is added after the id, as swift does
 
 
 def test_id_is_stable_and_ignores_key_order_position_and_system():
