@@ -95,6 +95,9 @@ class Fleet:
         ``open_timeout`` (default SAMPLEFLEET_OPEN_TIMEOUT): how long a worker may take to check the output.
         """
         open_timeout = open_timeout or settings().open_timeout
+        if spec.target_correct is not None:
+            raise ConfigError("--target_correct (adaptive sampling) runs in this process only for now: drop --broker "
+                              "to run it here, or drop --target_correct to sample a fixed N on the fleet")
         spec = absolute_paths(spec)
         stream = PromptStream(spec)
         total = stream.count()
@@ -160,24 +163,18 @@ class Fleet:
         return sent
 
     def _waiting(self, record: JobRecord) -> set[int]:
-        """The job's shards whose task waits in a queue of the broker, or was taken by a worker that has not
-        acknowledged it (kombu's ``unacked`` hash); read from the tasks' ``argsrepr`` ("('JOB', SHARD, ...")."""
+        """The job's shards whose task waits in a queue of the broker, read from the tasks' ``argsrepr``
+        ("('JOB', SHARD, ..."). A task a worker took but has not begun is not counted: if that worker is alive
+        it begins at once (and a copy sent now finds its lease), if it died, its task is lost until the
+        visibility timeout, so sending it again is right."""
         broker = redis.Redis.from_url(self.broker, **redis_options())
         pattern = re.compile(r"\('" + re.escape(record.id) + r"', (\d+)")
         found: set[int] = set()
-
-        def look(raw: bytes) -> None:
-            message = json.loads(raw)
-            message = message[0] if isinstance(message, list) else message  # unacked: [message, exchange, key]
-            if m := pattern.match((message.get("headers") or {}).get("argsrepr") or ""):
-                found.add(int(m.group(1)))
-
         for queue in (record.queue, QUEUE_SCORE, QUEUE_AGGREGATE):
             for start in range(0, broker.llen(queue), 1000):
                 for raw in broker.lrange(queue, start, start + 999):
-                    look(raw)
-        for _, raw in broker.hscan_iter("unacked"):
-            look(raw)
+                    if m := pattern.match(json.loads(raw).get("headers", {}).get("argsrepr") or ""):
+                        found.add(int(m.group(1)))
         return found
 
     # --- inspect and steer -----------------------------------------------------------------------------------

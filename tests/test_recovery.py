@@ -76,7 +76,7 @@ def test_resume_from_another_directory_reads_the_same_data(tmp_path, redis_serve
     job_id = cancelled_job(redis_server.url, workers, tmp_path / "sub")
     workers.start("generate")  # takes the cancelled job's shards and skips them
     db = redis.Redis.from_url(redis_server.url)
-    until(lambda: db.llen("generate.sim") == 0 and not db.hlen("unacked"))
+    until(lambda: db.llen("generate.sim") == 0)
     resumed = run_cli("resume", job_id, "--wait", "--no_progress", broker=redis_server.url, cwd=tmp_path)
     assert resumed.returncode == 0 and "4 shards re-enqueued" in resumed.stdout, resumed.stdout + resumed.stderr
     assert len(read_jsonl(tmp_path / "sub" / "sample_output" / "r.jsonl")) == 16
@@ -211,3 +211,11 @@ def test_status_shows_the_shard_in_flight_with_its_worker_and_lease(tmp_path, re
     status = run_cli("status", job_id, broker=redis_server.url, cwd=tmp_path)
     assert f"shard 0: generate on {worker.name}, for " in status.stdout, status.stdout
     assert "lease expires in" in status.stdout and "in flight 1" in status.stdout
+
+
+def test_adaptive_sampling_is_refused_on_the_fleet_for_now(tmp_path, redis_server):
+    data(tmp_path / "d.jsonl", n=2)
+    proc = submit(redis_server.url, tmp_path, "d.jsonl", *SIM, "--output_file", "a.jsonl", "--orm_model", "accuracy",
+                  "--target_correct", "1")
+    assert proc.returncode == 2 and "--target_correct (adaptive sampling) runs in this process only" in proc.stderr
+    assert not redis.Redis.from_url(redis_server.url).zrange(Keys.jobs, 0, -1)

@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from schemas import Candidate, GeneratedShard, Generation, JobSpec, Message, OutputRow, ShardSummary
+from schemas.records import fingerprint
 from workers.exports import FORMATS, Line
 from workers.stats import histograms, prompt_stats
 
@@ -122,6 +123,6 @@ def summarise(spec: JobSpec, shard: GeneratedShard, rows: int, dropped: dict[int
                         skipped={g.prompt.row: g.skipped for g in gens if g.skipped}, dropped=dropped,
                         short={g.prompt.row: len(g.candidates) for g in gens  # adaptive stops are no shortfall
                                if not g.skipped and len(g.candidates) < n and g.prompt.row not in stopped},
-                        seconds=round(shard.seconds, 3),
+                        seconds=round(shard.seconds, 3), fingerprint=fingerprint(g.prompt for g in gens),
                         stats=lines,
                         histograms=histograms(gens))

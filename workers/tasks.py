@@ -37,8 +37,8 @@ _loaded: dict[str, tuple[str, Engine | Scorer]] = {}  # "engine"/"scorer" -> (co
 # Every option that changes what an engine or a scorer loads, or how it behaves once loaded.
 _ENGINE_KEY = {"sampler_engine", "sampler_type", "model", "base_url", "torch_dtype", "max_batch_size",
                "max_batch_tokens", "engine_kwargs", "cache_files", "sampling"}
-_SCORER_KEY = {"orm_model", "orm_kwargs", "orm_weights", "prm_model", "prm_kwargs", "external_plugins", "include_ground_truth",
-               "model", "torch_dtype"}
+_SCORER_KEY = {"orm_model", "orm_kwargs", "orm_weights", "prm_model", "prm_kwargs", "external_plugins",
+               "include_ground_truth", "model", "torch_dtype"}
 
 
 def _warm(kind: str, key: str, load) -> Engine | Scorer:
