@@ -162,6 +162,9 @@ CASES = [
     Case("unknown-engine-kwarg", "CLI option", "an engine option the engine does not take",
          submit("ok.jsonl", *SIM, "--engine_kwargs", '{"gpu": 1}'),
          "--engine_kwargs for the simulated engine: SimulatedEngine.__init__() got an unexpected keyword argument 'gpu'", 2),
+    Case("lmdeploy-no-cuda", "engine", "`--sampler_engine lmdeploy` on a machine without CUDA",
+         submit("ok.jsonl", "--model", "m", "--sampler_engine", "lmdeploy"),
+         "--sampler_engine lmdeploy needs an NVIDIA GPU with CUDA", 1),
     Case("no-model-folder", "CLI option", "`--model /no/such/folder`",
          submit("ok.jsonl", "--model", "/no/such/folder"), "--model '/no/such/folder': no such model folder", 1),
     # --- datasets ---------------------------------------------------------------------------------------------

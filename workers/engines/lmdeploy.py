@@ -40,14 +40,27 @@ def backend_config(spec: JobSpec) -> tuple[str, dict[str, Any]]:
     return backend, kwargs
 
 
+def _has_cuda() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
 class LMDeployEngine(Engine):
     name = "lmdeploy"
 
     def __init__(self, model: str, backend: str, kwargs: dict[str, Any]) -> None:
+        if not _has_cuda():
+            raise ModelLoadError("--sampler_engine lmdeploy needs an NVIDIA GPU with CUDA (both of LMDeploy's "
+                                 "backends run only there), and none is visible here; on this machine use "
+                                 "--sampler_engine transformers or vllm")
         try:
             import lmdeploy
-        except ImportError as exc:
-            raise ModelLoadError(f"--sampler_engine lmdeploy: LMDeploy is not installed here ({exc})") from exc
+        except Exception as exc:  # an install built for another CUDA or torch fails with more than ImportError
+            raise ModelLoadError(f"--sampler_engine lmdeploy: LMDeploy cannot be imported here: "
+                                 f"{type(exc).__name__}: {exc}") from exc
         config_cls = lmdeploy.PytorchEngineConfig if backend == "pytorch" else lmdeploy.TurbomindEngineConfig
         try:
             config = config_cls(**kwargs)

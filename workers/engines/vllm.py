@@ -3,7 +3,10 @@
 One request per prompt with ``SamplingParams(n=N)`` (never N copies of the prompt), the chat template
 applied by vLLM once per prompt, so its continuous batching keeps the batch full across a shard.
 ``--engine_kwargs`` go to ``LLM(...)`` (tensor_parallel_size, gpu_memory_utilization, max_model_len,
-enforce_eager, ...). vLLM's CPU build crashes on a per-request seed, so there the seed is given to
+enforce_eager, ...). On CPU, vLLM's ``gpu_memory_utilization`` is the share of all RAM it reserves
+(0.92 by default, which fails as soon as anything else uses memory): unless it, ``kv_cache_memory_bytes``
+or ``VLLM_CPU_KVCACHE_SPACE`` is given, it is sized from the memory free at start (``cpu_memory_share``).
+vLLM's CPU build crashes on a per-request seed, so there the seed is given to
 ``LLM`` once, and a run is reproducible for the same shards in the same order; on GPU each prompt gets
 its own seed, derived from its shard's (like the client engine).
 """
@@ -43,6 +46,17 @@ def llm_kwargs(spec: JobSpec) -> dict[str, Any]:
     return {**kwargs, **spec.engine_kwargs}
 
 
+def cpu_memory_share(total: int, available: int) -> float:
+    """The ``gpu_memory_utilization`` for vLLM on CPU: half of the memory free now, as a share of all of it
+    (vLLM refuses a share above what is free, and the model's weights count against it too)."""
+    return round(max(0.01, min(0.9, 0.5 * available / total)), 3)
+
+
+def _memory_given(kwargs: dict[str, Any]) -> bool:
+    return ("gpu_memory_utilization" in kwargs or kwargs.get("kv_cache_memory_bytes") is not None
+            or bool(os.environ.get("VLLM_CPU_KVCACHE_SPACE")))
+
+
 class VLLMEngine(Engine):
     name = "vllm"
 
@@ -58,6 +72,14 @@ class VLLMEngine(Engine):
             # vLLM's engine core in this process: a second process imports vLLM again, which doubles the
             # start-up on CPU (bench: 28.5-31.8 s -> 14.5-15.7 s); on GPU the separate core overlaps scheduling
             os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+            if not _memory_given(kwargs):
+                import psutil  # a dependency of vLLM
+
+                memory = psutil.virtual_memory()
+                kwargs = {**kwargs, "gpu_memory_utilization": cpu_memory_share(memory.total, memory.available)}
+                log.info("vLLM on CPU: gpu_memory_utilization %.3f of %.1f GiB (%.1f GiB free); set it in "
+                         "--engine_kwargs to choose", kwargs["gpu_memory_utilization"], memory.total / 2**30,
+                         memory.available / 2**30)
         try:
             self.llm = LLM(model=resolve_model(model), **kwargs)
         except TypeError as exc:
