@@ -61,6 +61,8 @@ SWIFT_OPTIONS: dict[str, str] = {
     "--columns": "rename the columns in the file (messages, query/response, instruction/output, problem/solution)",
     "--custom_register_path": "register reward models with --external_plugins FILE.py",
     "--custom_dataset_info": "pass the dataset file or hub id itself",
+    "--use_hf": "ids are Hugging Face hub ids here (swift's default hub is ModelScope): pass the Hugging Face id, or "
+                "download the ModelScope repo first (modelscope download --model ID --local_dir DIR) and pass DIR",
     "--hub_token": "set HF_TOKEN (Hugging Face) or MODELSCOPE_API_TOKEN in the environment",
     "--ignore_args_error": "samplefleet never ignores a bad option; remove the one it names",
     "--rollout_depth": "MCTS sampling (--sampler_type mcts) is not supported; use --sampler_type sample",

@@ -3,8 +3,8 @@
 This is stage 2 of swift's two-stage memory control: sample without reward models first, then score
 the saved candidates with only the reward models in memory. A cache line is one candidate in chat
 layout, ``{"messages": [...prompt turns, {"role": "assistant", "content": CANDIDATE}], "id": ...}``,
-as written by samplefleet and by ``swift sample``. A prompt is matched by ``id`` first, then by its
-non-system turns (swift computes its ids differently, so its files match that way).
+as written by samplefleet and by ``swift sample``. A prompt is matched by ``id`` first (both tools compute it
+the same way, see ``producer.rows.row_id``), then by its non-system turns (files with other or no ids).
 """
 from __future__ import annotations
 
