@@ -184,17 +184,19 @@ def ours_vllm_variant(in_process: bool = False) -> Variant:
                                     + ("; engine core in-process" if in_process else ""))
 
 
+DTYPE_SUFFIX = {"bfloat16": "bf16", "float32": "fp32"}
 SWIFT_MAIN = re.compile(r"(Start|End) time of running main: (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?)")
 
 
-def swift_fast_variant(orm: str | None = None) -> Variant:
-    """The command /work/shared/anchor/run_swift.sh fast [ORM] builds, called directly (no wrapper, no counting)."""
+def swift_fast_variant(orm: str | None = None, dtype: str | None = None) -> Variant:
+    """The command /work/shared/anchor/run_swift.sh fast [ORM] builds, called directly (no wrapper, no counting);
+    ``dtype``: swift's ``--torch_dtype`` (default: the checkpoint's, fp32)."""
     def build(ctx: Ctx, run_dir: Path) -> Command:
         argv = [str(SWIFT), "sample", "--model", str(SWIFT_MODEL), "--model_type", "llama", "--template", "chatml",
                 "--engine_kwargs", '{"template_type":"chatml","max_batch_size":20}', "--num_sampling_batch_size", "5",
                 "--sampler_engine", "transformers", "--num_return_sequences", str(ctx.n), "--dataset", str(ctx.data),
                 "--max_new_tokens", str(ctx.max_new), "--output_dir", str(run_dir), "--output_file", "x.jsonl",
-                *(["--orm_model", orm] if orm else [])]
+                *(["--orm_model", orm] if orm else []), *(["--torch_dtype", dtype] if dtype else [])]
         return Command(argv, output_jsonl=run_dir / "x.jsonl", log_combined=True)
 
     def parse(ctx: Ctx, run_dir: Path, rec: dict) -> dict:
@@ -207,9 +209,10 @@ def swift_fast_variant(orm: str | None = None) -> Variant:
                     "inner_what": "swift's own Start/End time of running main"}
         return {}
 
-    return Variant("swift-fast" + ("-orm" if orm else ""), "ms-swift 4.6.0 `swift sample`, transformers engine, "
+    return Variant("swift-fast" + ("-orm" if orm else "") + (f"-{DTYPE_SUFFIX[dtype]}" if dtype else ""),
+                   "ms-swift 4.6.0 `swift sample`, transformers engine, "
                    "chatml, max_batch_size 20, num_sampling_batch_size 5 (anchor's `run_swift.sh fast"
-                   + (f" {orm}`), --orm_model {orm}" if orm else "`)"),
+                   + (f" {orm}`), --orm_model {orm}" if orm else "`)") + (f", --torch_dtype {dtype}" if dtype else ""),
                    build, parse, need(SWIFT, SWIFT_MODEL / "config.json", extra=swift_batches_whole),
                    expected_lines=(lambda ctx: None) if orm else (lambda ctx: ctx.prompts * ctx.n))
 
@@ -297,9 +300,13 @@ def local_vs_swift(ctx: Ctx) -> Experiment:
         [ours_variant(), swift_fast_variant(), raw_variant(),
          ours_variant("ours-orm", "--orm_model", "math",
                       description="samplefleet `producer submit --orm_model math` (embedded, transformers engine)"),
-         swift_fast_variant("math"), ours_vllm_variant()],
+         swift_fast_variant("math"), ours_vllm_variant(),
+         ours_variant("ours-fp32", "--torch_dtype", "float32",
+                      description="samplefleet `producer submit --torch_dtype float32` (the dtype swift's default uses)"),
+         swift_fast_variant(dtype="bfloat16")],
         [Comparison("swift / ours, wall s", ("swift-fast", "wall_s"), ("ours", "wall_s"),
-                    "> 1: ours finishes the same job (P prompts x N, max_new) faster end to end (target >= 2)"),
+                    "> 1: ours finishes the same job (P prompts x N, max_new) faster end to end, both at their "
+                    "defaults (ours: auto = bf16 on a CPU with native bf16; swift: fp32) (target >= 3)"),
          Comparison("swift / ours with --orm_model math, wall s", ("swift-fast-orm", "wall_s"), ("ours-orm", "wall_s"),
                     "the same with the math ORM in both (target >= 2)"),
          Comparison("swift / ours-vllm, wall s", ("swift-fast", "wall_s"), ("ours-vllm", "wall_s"),
@@ -307,7 +314,16 @@ def local_vs_swift(ctx: Ctx) -> Experiment:
          Comparison("swift inner / ours-vllm inner, s", ("swift-fast", "inner_s"), ("ours-vllm", "inner_s"),
                     "the same without start-up: swift's main() (incl. its model load) vs our vllm shard time"),
          Comparison("ours / swift, tok/s (re-tokenized, wall)", ("ours", "tok_s"), ("swift-fast", "tok_s"),
-                    "> 1: ours produces more candidate tokens per wall second (counts differ: different samples)"),
+                    "> 1: ours produces more candidate tokens per wall second (counts differ: different samples); "
+                    "both at their defaults (target >= 3)"),
+         Comparison("swift-bf16 / ours, wall s", ("swift-fast-bf16", "wall_s"), ("ours", "wall_s"),
+                    "equal dtype: both bf16 (target >= 2.8)"),
+         Comparison("ours / swift-bf16, tok/s (re-tokenized, wall)", ("ours", "tok_s"), ("swift-fast-bf16", "tok_s"),
+                    "equal dtype: both bf16 (target >= 2.8)"),
+         Comparison("swift / ours-fp32, wall s", ("swift-fast", "wall_s"), ("ours-fp32", "wall_s"),
+                    "equal dtype: both fp32"),
+         Comparison("ours-fp32 / ours, wall s", ("ours-fp32", "wall_s"), ("ours", "wall_s"),
+                    "what --torch_dtype auto (bf16 here) saves over fp32"),
          Comparison("ours-vllm / swift, tok/s (re-tokenized, wall)", ("ours-vllm", "tok_s"), ("swift-fast", "tok_s"),
                     "the same on the vllm engine"),
          Comparison("raw / ours, wall s", ("raw-chunk20", "wall_s"), ("ours", "wall_s"),

@@ -54,6 +54,7 @@ class Counting:
             self.child.join()
             raise DataError(f"reading {', '.join(map(str, self.stream.spec.datasets))}: the counting pass ended "
                             f"without a result (exit code {self.child.exitcode})") from None
+        self.child.join()  # it sends its answer last; reaped now, not left a zombie for the rest of the run
         if isinstance(outcome, BaseException):
             raise outcome
         return outcome
