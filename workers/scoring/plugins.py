@@ -292,11 +292,3 @@ def load_plugins(paths: Sequence[str]) -> JobRegistries:
             raise ConfigError(f"--external_plugins {path}: {exc}") from None
     return job
 
-
-def plugins_key(paths: Sequence[str]) -> str:
-    """What the plugin files are now (path and content), for a warm scorer's cache key."""
-    parts = []
-    for path in paths:
-        file = Path(path).expanduser().resolve()
-        parts.append(f"{file}:{hashlib.md5(file.read_bytes()).hexdigest() if file.is_file() else '-'}")
-    return ";".join(parts)
