@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 import traceback
+import warnings
 from pathlib import Path
 
 from producer.options import SWIFT_OPTIONS, add_job_options, spec_from_args
@@ -96,6 +97,8 @@ def _quiet_libraries() -> None:
     for key, value in (("TRANSFORMERS_VERBOSITY", "error"), ("HF_HUB_DISABLE_PROGRESS_BARS", "1"),
                        ("TOKENIZERS_PARALLELISM", "false"), ("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")):
         os.environ.setdefault(key, value)
+    # transformers' notice about a keyword of its own forward, on every run: nothing a user can act on
+    warnings.filterwarnings("ignore", message=".*past_key_values.*", category=FutureWarning)
 
 
 def _fleet(args: argparse.Namespace):

@@ -26,8 +26,9 @@ def _ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
 
 
 def test_five_prompts_five_samples_gives_25_rows(tmp_path, arithmetic):
-    _ok(run_producer(f"{arithmetic}", *SMALL, "--num_return_sequences", "5", "--output_file", "out.jsonl",
-                     cwd=tmp_path))
+    proc = _ok(run_producer(f"{arithmetic}", *SMALL, "--num_return_sequences", "5", "--output_file", "out.jsonl",
+                            cwd=tmp_path))
+    assert "Warning" not in proc.stderr, proc.stderr  # no library notices the user cannot act on
     rows = read_jsonl(tmp_path / "sample_output" / "out.jsonl")
     assert len(rows) == 25
     swift_row = lambda r: {"messages": [{"role": "user", "content": r["query"]},  # noqa: E731 - as swift holds it
