@@ -34,11 +34,11 @@ def _common(parser: argparse.ArgumentParser, *, broker_help: str) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="producer", allow_abbrev=False, description="samplefleet: sample N candidates per prompt "
-                                     "of a dataset and write them as chat jsonl (swift sample's job), in this "
-                                     "process or over a fleet of Celery workers.")
+    parser = argparse.ArgumentParser(prog="producer", allow_abbrev=False, description="samplefleet: sample N "
+                                     "candidates per prompt of a dataset and write them as chat jsonl (swift "
+                                     "sample's job), in this process or over a fleet of Celery workers.")
     sub = parser.add_subparsers(dest="command", required=True)
-    submit = sub.add_parser("submit", allow_abbrev=False, help="sample a dataset (in this process when no broker is given)",
+    submit = sub.add_parser("submit", help="sample a dataset (in this process when no broker is given)",
                             description="Sample N candidates for each prompt of DATASET and write them as jsonl. "
                             "Option names follow `swift sample`.")
     add_job_options(submit)
@@ -50,13 +50,13 @@ def _parser() -> argparse.ArgumentParser:
                        ("cancel", "stop a job: workers skip its remaining shards"),
                        ("resume", "re-enqueue a job's shards that are neither done nor in flight"),
                        ("wait", "show a job's progress until it ends")):
-        cmd = sub.add_parser(name, help=text, description=text, allow_abbrev=False)
+        cmd = sub.add_parser(name, help=text, description=text)
         cmd.add_argument("job", help="job id (see `producer list`)")
         if name == "resume":
             cmd.add_argument("--wait", action="store_true", help="show progress until the job ends")
         cmd.add_argument("--no_progress", "--no-progress", action="store_true", help="no progress bar")
         _common(cmd, broker_help="Redis URL of the fleet (default $SAMPLEFLEET_BROKER_URL)")
-    listing = sub.add_parser("list", allow_abbrev=False, help="the fleet's jobs, newest first")
+    listing = sub.add_parser("list", help="the fleet's jobs, newest first")
     _common(listing, broker_help="Redis URL of the fleet (default $SAMPLEFLEET_BROKER_URL)")
     report = sub.add_parser("report", help="write a self-contained HTML page about a finished run",
                             description="Rewards, pass rates, pass@k, lengths, throughput, the prompts that got no "
@@ -64,10 +64,12 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("target", metavar="OUTPUT_FILE_OR_JOB_ID", help="the run's .jsonl, or a fleet job id")
     report.add_argument("--output", help="where to write the page (default: <output name>.report.html beside it)")
     _common(report, broker_help="with a job id: Redis URL of the fleet (default $SAMPLEFLEET_BROKER_URL)")
-    metrics = sub.add_parser("metrics", allow_abbrev=False, help="serve queue depths and job progress for Prometheus on /metrics")
+    metrics = sub.add_parser("metrics", help="serve queue depths and job progress for Prometheus on /metrics")
     metrics.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     metrics.add_argument("--port", type=int, default=9808, help="port (default 9808)")
     _common(metrics, broker_help="Redis URL of the fleet (default $SAMPLEFLEET_BROKER_URL)")
+    for command in sub.choices.values():  # options are never matched by prefix, in every subcommand
+        command.allow_abbrev = False
     return parser
 
 
@@ -208,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     level = logging.getLevelName(args.log_level.upper())  # the number for a known name
     if not isinstance(level, int):
-        print(f"producer: error: --log_level {args.log_level!r}: expected DEBUG, INFO, WARNING or ERROR", file=sys.stderr)
+        print(f"producer: error: --log_level {args.log_level!r}: expected DEBUG, INFO, WARNING or ERROR",
+              file=sys.stderr)
         return EXIT_USAGE
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     _quiet_libraries()

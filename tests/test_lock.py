@@ -42,7 +42,8 @@ def _first_run(args: list[str], cwd: Path, shards_done: int) -> Iterator[subproc
     proc = _producer(*args, cwd=cwd)
     try:
         parts, deadline = cwd / "sample_output" / ".o.jsonl.parts", time.monotonic() + 300
-        while len(list(parts.glob("*.done.json"))) < shards_done and proc.poll() is None and time.monotonic() < deadline:
+        while (len(list(parts.glob("*.done.json"))) < shards_done and proc.poll() is None
+               and time.monotonic() < deadline):
             time.sleep(0.05)
         assert proc.poll() is None, "the first run ended before the test could overlap it"
         yield proc

@@ -228,6 +228,11 @@ def test_a_prefix_or_typo_is_refused_with_the_close_name(typo, suggestion, capsy
     assert f"{typo}: unknown option; did you mean {suggestion}?" in err
 
 
+def test_no_subcommand_matches_a_prefix(capsys):
+    code, err = _main("status", "job-1", "--brok", "redis://x", capsys=capsys)
+    assert code == 2 and "--brok: unknown option; did you mean --broker?" in err
+
+
 def test_a_far_off_flag_gets_no_guess(capsys):
     code, err = _main("submit", "d.jsonl", "--model", "m", "--frobnicate", capsys=capsys)
     assert code == 2 and "--frobnicate: unknown option\n" in err + "\n"

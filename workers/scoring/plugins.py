@@ -72,7 +72,8 @@ def check_plugin(name: str, cls: Any) -> "type":
     takes_any = any(p.kind == p.VAR_POSITIONAL for p in params)
     if not (positional or takes_any):
         raise ConfigError(f"{where}: {cls.__name__}.{method} must take the requests: (infer_requests, ground_truths, "
-                          f"**kwargs), or GRPO's (completions, **kwargs); it takes ({', '.join(p.name for p in params)})")
+                          f"**kwargs), or GRPO's (completions, **kwargs); it takes "
+                          f"({', '.join(p.name for p in params)})")
     return cls
 
 
