@@ -16,6 +16,7 @@ from typing import Any
 from producer.rows import normalise
 from schemas import DatasetSpec, JobSpec, Prompt
 from schemas.errors import DataError
+from schemas.hub import hub_offline
 from schemas.jsonl import read_jsonl
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,9 @@ def _read_with_datasets(ds: DatasetSpec) -> Iterator[Raw]:
             kwargs = {"delimiter": "\t"} if path.suffix.lower() == ".tsv" else {}
             stream = datasets.load_dataset(builder, data_files=str(path), split="train", streaming=True, **kwargs)
         else:
+            if reason := hub_offline(datasets=True):  # at once, not after the hub client's retries
+                raise DataError(f"dataset {ds}: no such file, and loading it as a hub id failed (no network or no "
+                                f"such dataset?): the hub is offline: {reason}")
             stream = datasets.load_dataset(ds.source, ds.subset, split="train", streaming=True)
         for k, row in enumerate(stream):
             yield f"{ds.source} row {k + 1}", row

@@ -203,6 +203,13 @@ CASES = [
     Case("empty-file", "dataset", "an empty file", submit("empty.jsonl", *SIM), "no prompts in empty.jsonl", 1),
     Case("all-rows-bad", "dataset", "every row bad, with `--skip_bad_rows true`",
          submit("all_bad.jsonl", *SIM, "--skip_bad_rows", "true"), "no prompts in all_bad.jsonl (2 bad rows skipped)", 1),
+    Case("hub-probe-fails", "dataset", "a hub id when the hub does not answer (no `HF_*_OFFLINE`): one probe, no retries",
+         submit("nobody/no-such-dataset", *SIM), "the hub is offline: 127.0.0.1:", 1,
+         env={"HF_HUB_OFFLINE": "", "HF_DATASETS_OFFLINE": "", "HF_ENDPOINT": "http://127.0.0.1:{port}"}),
+    Case("model-hub-offline", "CLI option", "`--model` hub id not in the local cache, offline",
+         submit("ok.jsonl", "--model", "nobody/no-such-model"),
+         "--model 'nobody/no-such-model': no such folder, not in the local Hugging Face cache, and the hub is offline: "
+         "HF_HUB_OFFLINE is set", 1),
     Case("hub-unreachable", "dataset", "a hub id with no network (or no such dataset)",
          submit("nobody/no-such-dataset", *SIM), "dataset nobody/no-such-dataset: no such file, and loading it as a "
          "hub id failed (no network or no such dataset?)", 1),
