@@ -61,8 +61,6 @@ SWIFT_OPTIONS: dict[str, str] = {
     "--columns": "rename the columns in the file (messages, query/response, instruction/output, problem/solution)",
     "--custom_register_path": "register reward models with --external_plugins FILE.py",
     "--custom_dataset_info": "pass the dataset file or hub id itself",
-    "--use_hf": "ids are Hugging Face hub ids here (swift's default hub is ModelScope): pass the Hugging Face id, or "
-                "download the ModelScope repo first (modelscope download --model ID --local_dir DIR) and pass DIR",
     "--hub_token": "set HF_TOKEN (Hugging Face) or MODELSCOPE_API_TOKEN in the environment",
     "--ignore_args_error": "samplefleet never ignores a bad option; remove the one it names",
     "--rollout_depth": "MCTS sampling (--sampler_type mcts) is not supported; use --sampler_type sample",
@@ -135,6 +133,9 @@ def add_job_options(parser: argparse.ArgumentParser) -> None:
     sampling = parser.add_argument_group("sampling")
     for name, field in SamplingParams.model_fields.items():
         _add(sampling, name, field)
+    job.add_argument("--use_hf", "--use-hf", dest="use_hf", type=_bool, nargs="?", const=True, default=True,
+                     metavar="true|false", help="swift's hub switch: ids are Hugging Face hub ids here, so true is the "
+                     "default and false (ModelScope ids) is refused with what to do instead")
     sampling.add_argument("--stop", dest="stop_words", nargs="+", action="extend", default=argparse.SUPPRESS,
                           metavar="TEXT", help="Same as --stop_words.")
 
@@ -150,12 +151,16 @@ def _option_of(loc: tuple) -> str:
 def spec_from_args(args: argparse.Namespace) -> JobSpec:
     """Build and validate the JobSpec; a ConfigError names each bad option and its value."""
     cli_only = ("command", "dataset_args", "dataset_opts", "broker", "wait", "no_progress", "log_level", "debug",
-                "spec")
+                "spec", "use_hf")
     given = {k: v for k, v in vars(args).items() if k not in cli_only}
     sampling = {k: given.pop(k) for k in list(given) if k in SamplingParams.model_fields}
     datasets = list(args.dataset_args) + list(args.dataset_opts)
     if not datasets:
         raise ConfigError("no dataset given: pass DATASET or --dataset path_or_id[:subset][#N]")
+    if not getattr(args, "use_hf", True):
+        raise ConfigError("--use_hf false: model and dataset ids are Hugging Face hub ids here (swift's default hub is "
+                          "ModelScope); pass the Hugging Face id, or download the ModelScope repo first (modelscope "
+                          "download --model ID --local_dir DIR) and pass DIR")
     if config := next((d for d in datasets if d.lower().endswith((".yaml", ".yml"))), None):
         raise ConfigError(f"{config}: swift's YAML config form is not read: write its keys as --key value options")
     if given.get("sampler_engine") == "client" and "base_url" in given.get("engine_kwargs", {}):
