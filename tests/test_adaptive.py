@@ -11,8 +11,8 @@ from conftest import DIGIT_PLUGIN, read_jsonl, run_producer, write_jsonl
 SIMULATED = ["--model", "x", "--sampler_engine", "simulated", "--engine_kwargs",
              json.dumps({"shard_seconds": 0, "pass_rate_column": "pass_rate"}), "--orm_model", "accuracy",
              "--num_return_sequences", "16", "--max_new_tokens", "20", "--shard_size", "3", "--n_best_to_keep", "2",
-             "--dataset_shuffle", "false"]
-RATES = [0.5, 0.3, 0.0, 1.0, 0.8]
+             "--dataset_shuffle", "false", "--seed", "3"]
+RATES = [0.5, 0.3, 0.0, 1.0, 0.8]  # with --seed 3: the 0.8 prompt meets a failure within 16 samples (p = 0.97)
 
 
 def _data(tmp_path):

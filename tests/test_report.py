@@ -52,7 +52,7 @@ def test_report_is_one_self_contained_page_with_every_chart(tmp_path):
     text = page.read_text()
     manifest = json.loads(out.with_name("scored.manifest.json").read_text())
     dropped = manifest["counts"]["dropped_prompts"]
-    assert 0 < dropped < 8 and text.count("dropped: no candidate passed") == dropped
+    assert 0 < dropped < 8 and text.count(": no candidate passed") == dropped
     assert text.count('<img alt="') == 5 and text.count('src="data:image/png;base64,') == 5
     assert not re.search(r"""(src|href)=["']?(https?:|//)""", text) and "<script" not in text
     for needle in ("pass@4", "ORM score of every candidate", "pass@k over the dataset", "Candidate lengths",

@@ -107,5 +107,6 @@ def test_shard_summary_reports_dropped_and_short():
     s = spec()
     rows, dropped = shard_rows(s, shard)
     summary = summarise(s, shard, len(rows), dropped)
-    assert summary.rows == 1 and summary.dropped == {1: "no candidate passed the reward model(s)"}
+    # named by file, line and id in the manifest
+    assert summary.rows == 1 and summary.dropped == {1: "t (id p): no candidate passed the reward model(s)"}
     assert summary.short == {0: 2, 1: 1}

@@ -117,10 +117,13 @@ def summarise(spec: JobSpec, shard: GeneratedShard, rows: int, dropped: dict[int
     gens = shard.generations
     n = spec.sampling.num_return_sequences
     lines = [prompt_stats(spec, g, stopped.get(g.prompt.row)) for g in gens] if spec.orm_model else []
+    # the manifest names a left-out prompt by file, line and id, so it can be found (and joined on id)
+    named = {g.prompt.row: f"{g.prompt.source} (id {g.prompt.id})" for g in gens}
     return ShardSummary(job_id=shard.job_id, index=shard.index, prompts=len(gens), rows=rows,
                         candidates=sum(len(g.candidates) for g in gens),
                         tokens=sum(c.tokens for g in gens for c in g.candidates),
-                        skipped={g.prompt.row: g.skipped for g in gens if g.skipped}, dropped=dropped,
+                        skipped={g.prompt.row: f"{named[g.prompt.row]}: {g.skipped}" for g in gens if g.skipped},
+                        dropped={row: f"{named[row]}: {why}" for row, why in dropped.items()},
                         short={g.prompt.row: len(g.candidates) for g in gens  # adaptive stops are no shortfall
                                if not g.skipped and len(g.candidates) < n and g.prompt.row not in stopped},
                         seconds=round(shard.seconds, 3), fingerprint=fingerprint(g.prompt for g in gens),
