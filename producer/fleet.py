@@ -25,13 +25,13 @@ from celery.exceptions import TimeoutError as CeleryTimeout
 from producer.datasets import PromptStream
 from producer.submit import absolute_paths, cut_shards, part_size
 from schemas import JobSpec
-from schemas.errors import ConfigError, DataError, SampleFleetError, TransientError
+from schemas.errors import ConfigError, DataError, OutputError, SampleFleetError, TransientError
 from schemas.fleet import (QUEUE_AGGREGATE, QUEUE_CONTROL, QUEUE_SCORE, TASK_GENERATE, TASK_OPEN, celery_settings,
                            model_queue, redis_options)
 from schemas.reaper import Reaper
 from schemas.records import check_unchanged, fingerprint
 from schemas.settings import settings
-from schemas.state import STAGES, JobRecord, JobState, Keys, LeaseState, StateError, Status
+from schemas.state import STAGES, JobRecord, JobState, Keys, LeaseState, StateError, Status, active_jobs
 
 log = logging.getLogger(__name__)
 FINISHED = tuple(s.value for s in Status if s.finished)
@@ -99,6 +99,7 @@ class Fleet:
             raise ConfigError("--target_correct (adaptive sampling) runs in this process only for now: drop --broker "
                               "to run it here, or drop --target_correct to sample a fixed N on the fleet")
         spec = absolute_paths(spec)
+        self._refuse_live_output(spec)
         stream = PromptStream(spec)
         total = stream.count()
         if total == 0:
@@ -119,6 +120,19 @@ class Fleet:
         self._enqueue(state, spec, stream, total, skip=set(done))
         log.info("job %s: %d prompts in %d shards on queue %s", job_id, prompts, record.shards, queue)
         return job_id
+
+    def _refuse_live_output(self, spec: JobSpec) -> None:
+        """One run per output: a running job's output is not another job's to write (or, overridden, to clear)."""
+        for job_id in active_jobs(self.db):
+            try:
+                other = self.state(job_id).record()
+            except KeyError:
+                continue
+            if other.status is Status.RUNNING and (other.spec.output_dir, other.spec.output_file) == (
+                    spec.output_dir, spec.output_file):
+                raise OutputError(f"{spec.output_dir}/{spec.output_file} is being written by running job {job_id}: "
+                                  f"wait for it (`producer wait {job_id}`), cancel it, or choose another "
+                                  "--output_file")
 
     def _open(self, spec: JobSpec, timeout: float) -> dict[int, str]:
         """A worker checks the output location; the shards already done there, with their fingerprints."""

@@ -219,3 +219,15 @@ def test_adaptive_sampling_is_refused_on_the_fleet_for_now(tmp_path, redis_serve
                   "--target_correct", "1")
     assert proc.returncode == 2 and "--target_correct (adaptive sampling) runs in this process only" in proc.stderr
     assert not redis.Redis.from_url(redis_server.url).zrange(Keys.jobs, 0, -1)
+
+
+def test_a_second_fleet_job_on_a_running_jobs_output_is_refused(tmp_path, redis_server, workers):
+    workers.start("control")  # no generator: the first job stays running
+    data(tmp_path / "d.jsonl", n=2)
+    first = submit(redis_server.url, tmp_path, "d.jsonl", *SIM, "--output_file", "same.jsonl")
+    assert first.returncode == 0, first.stderr
+    second = submit(redis_server.url, tmp_path, "d.jsonl", *SIM, "--output_file", "same.jsonl",
+                    "--override_exist_file", "true")
+    job_id = first.stdout.split()[0]
+    assert second.returncode == 1 and f"is being written by running job {job_id}" in second.stderr, second.stderr
+    assert (tmp_path / "sample_output" / ".same.jsonl.parts" / "job.json").exists()  # the first job's parts stay
