@@ -10,8 +10,9 @@ batched == one at a time and left == right padding within 1e-4. The random weigh
 from __future__ import annotations
 
 import json
-import re
 import math
+import re
+import time
 from pathlib import Path
 
 import pytest
@@ -263,3 +264,13 @@ def test_validate_scores_names_the_model_and_the_problem():
         validate_scores("m", [[]], 1)
     with pytest.raises(PermanentError, match=r"request 0 is not a number: 'x'"):
         validate_scores("m", ["x"], 1)
+
+
+def test_an_uncached_prm_hub_id_fails_at_once_when_offline(monkeypatch):
+    from workers.scoring.prm_common import resolve_prm_path
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    started = time.monotonic()
+    with pytest.raises(ModelLoadError, match="not in the local Hugging Face cache, and the hub is offline"):
+        resolve_prm_path("some-org/some-prm")
+    assert time.monotonic() - started < 5  # not after the hub client's retries

@@ -45,7 +45,7 @@ def resolve_model(model: str) -> str:
     if path.exists():
         raise ModelLoadError(f"--model {model!r} is a file; give the model's folder (with config.json)")
     if _HUB_ID.match(model) and not model.startswith((".", "~")):
-        if not _in_hub_cache(model) and (reason := hub_offline()):  # at once, not after the hub client's retries
+        if not in_hub_cache(model) and (reason := hub_offline()):  # at once, not after the hub client's retries
             raise ModelLoadError(f"--model {model!r}: no such folder, not in the local Hugging Face cache, and the hub "
                                  f"is offline: {reason} (ids are Hugging Face ids; for a ModelScope id download it "
                                  "first and pass the folder)")
@@ -53,7 +53,7 @@ def resolve_model(model: str) -> str:
     raise ModelLoadError(f"--model {model!r}: no such model folder (and not a hub id or the alias {DEMO_ALIAS!r})")
 
 
-def _in_hub_cache(repo: str) -> bool:
+def in_hub_cache(repo: str) -> bool:
     from huggingface_hub import try_to_load_from_cache
 
     return isinstance(try_to_load_from_cache(repo, "config.json"), str)

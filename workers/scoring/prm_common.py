@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from schemas.errors import ConfigError, ModelLoadError, PermanentError
-from workers.models import DEMO_ALIAS, model_file
+from schemas.hub import hub_offline
+from workers.models import DEMO_ALIAS, in_hub_cache, model_file
 from workers.scoring.base import PRM, InferRequest
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -73,6 +74,9 @@ def resolve_prm_path(name: str) -> str:
     if path.exists():
         raise ModelLoadError(f"--prm_model {name!r}: {path} is a file; give the model's folder")
     if _HUB_ID.match(name) and not name.startswith((".", "~", "/")):
+        if "/" in name and not in_hub_cache(name) and (reason := hub_offline()):  # at once, not after retries
+            raise ModelLoadError(f"--prm_model {name!r}: no such folder, not in the local Hugging Face cache, and "
+                                 f"the hub is offline: {reason}")
         return name
     from workers.scoring import prms
 
