@@ -310,6 +310,10 @@ return out
 """
 
 
+_SCRIPTS = {"begin": _BEGIN, "renew": _RENEW, "release": _RELEASE, "done": _STAGE_DONE, "fail": _FAIL,
+            "retry": _RETRY, "reap": _REAP, "finish": _FINISH, "cancel": _CANCEL, "resume": _RESUME}
+
+
 class StateError(Exception):
     """A transition that the job's state refuses (e.g. cancelling a finished job); the message says why."""
 
@@ -317,17 +321,10 @@ class StateError(Exception):
 class JobState:
     """One job's state; every method is one atomic step."""
 
-    _scripts: dict[int, dict[str, Any]] = {}
-
     def __init__(self, db: redis.Redis, job_id: str) -> None:
         self.db, self.id, self.keys = db, job_id, Keys(job_id)
-        per_client = self._scripts.setdefault(id(db), {})
-        if not per_client:
-            for name, text in (("begin", _BEGIN), ("renew", _RENEW), ("release", _RELEASE), ("done", _STAGE_DONE),
-                               ("fail", _FAIL), ("retry", _RETRY), ("reap", _REAP), ("finish", _FINISH),
-                               ("cancel", _CANCEL), ("resume", _RESUME)):
-                per_client[name] = db.register_script(text)
-        self._lua = per_client
+        # register_script only hashes the text (the script is loaded on first call, by EVALSHA / EVAL)
+        self._lua = {name: db.register_script(text) for name, text in _SCRIPTS.items()}
 
     # --- the record --------------------------------------------------------------------------------------
 

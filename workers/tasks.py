@@ -6,11 +6,9 @@ Lease, retry, time-limit and failure policy live once, in ``ShardTask``.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import uuid
-from pathlib import Path
 
 from celery import Task
 
@@ -29,7 +27,7 @@ from workers.jobs import finalise_once, job_state
 from workers.lease import KeepAlive, StageTimeLimit
 from workers.output import JobOutput
 from workers.score import Scorer
-from workers.scoring.plugins import load_plugins
+from workers.scoring.plugins import load_plugins, plugin_key
 
 log = logging.getLogger(__name__)
 _loaded: dict[str, tuple[str, Engine | Scorer]] = {}  # "engine"/"scorer" -> (config key, loaded object)
@@ -55,9 +53,7 @@ def _warm(kind: str, key: str, load) -> Engine | Scorer:
 def _key(spec: JobSpec, fields: set[str]) -> str:
     """The options in ``fields`` (those the spec has), plus every plugin file's content, as one string."""
     options = spec.model_dump(mode="json", include=fields & set(type(spec).model_fields))
-    plugins = {p: hashlib.md5(Path(p).read_bytes()).hexdigest() if Path(p).is_file() else None
-               for p in spec.external_plugins}
-    return json.dumps({**options, "plugins": plugins}, sort_keys=True)
+    return json.dumps({**options, "plugins": [plugin_key(p) for p in spec.external_plugins]}, sort_keys=True)
 
 
 def engine_for(spec: JobSpec) -> Engine:

@@ -242,12 +242,17 @@ def _shimmed() -> list[str]:
     return [n for n in SWIFT_MODULES if isinstance(getattr(sys.modules.get(n), "__loader__", None), _SwiftShim)]
 
 
-def _import(file: Path, data: bytes, shown: str) -> _Loaded:
-    """Import one plugin file into fresh layers and record what it registered."""
+def plugin_key(path: str) -> str:
+    """A plugin file's identity: its resolved path and a hash of its content (a changed file is another plugin)."""
+    file = Path(path).expanduser().resolve()
+    return f"{file}:{hashlib.md5(file.read_bytes()).hexdigest()}" if file.is_file() else f"{file}:missing"
+
+
+def _import(file: Path, key: str, shown: str) -> _Loaded:
+    """Import one plugin file (``key``: its ``plugin_key``) into fresh layers and record what it registered."""
     from workers import scoring
 
-    digest = hashlib.md5(data).hexdigest()
-    name = f"samplefleet_plugin_{file.stem}_{hashlib.md5(f'{file}:{digest}'.encode()).hexdigest()[:10]}"
+    name = f"samplefleet_plugin_{file.stem}_{hashlib.md5(key.encode()).hexdigest()[:10]}"
     spec = importlib.util.spec_from_file_location(name, file)
     module = importlib.util.module_from_spec(spec)
     orms, prms = scoring.orms.layer(), scoring.prms.layer()
@@ -280,10 +285,9 @@ def load_plugins(paths: Sequence[str]) -> JobRegistries:
         file = Path(path).expanduser().resolve()
         if not file.is_file():
             raise ConfigError(f"--external_plugins {path}: no such file")
-        data = file.read_bytes()
-        key = f"{file}:{hashlib.md5(data).hexdigest()}"
+        key = plugin_key(path)
         if key not in _LOADED:
-            _LOADED[key] = _import(file, data, path)
+            _LOADED[key] = _import(file, key, path)
         loaded = _LOADED[key]
         try:
             for layer, added in ((job.orms, loaded.orms), (job.prms, loaded.prms)):
