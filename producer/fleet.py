@@ -95,9 +95,6 @@ class Fleet:
         ``open_timeout`` (default SAMPLEFLEET_OPEN_TIMEOUT): how long a worker may take to check the output.
         """
         open_timeout = open_timeout or settings().open_timeout
-        if spec.target_correct is not None:
-            raise ConfigError("--target_correct (adaptive sampling) runs in this process only for now: drop --broker "
-                              "to run it here, or drop --target_correct to sample a fixed N on the fleet")
         spec = absolute_paths(spec)
         self._refuse_live_output(spec)
         stream = PromptStream(spec)
@@ -202,8 +199,9 @@ class Fleet:
 
     def status(self, job_id: str) -> "JobStatus":
         record, state = self._record(job_id), self.state(job_id)
-        leases = {i: {"stage": lease.stage, "worker": lease.owner, "state": lease.state.value, "age": round(age, 1),
-                      "expires_in": round(left, 1)} for i, (lease, age, left) in state.leases().items()}
+        leases = {i: {"stage": lease.stage + (f" (wave {lease.wave})" if lease.wave else ""), "worker": lease.owner,
+                      "state": lease.state.value, "age": round(age, 1), "expires_in": round(left, 1)}
+                  for i, (lease, age, left) in state.leases().items()}
         return JobStatus(
             job_id=job_id, status=record.status.value, shards=record.shards, prompts=record.prompts,
             stages=state.stage_counts(), failed=state.failures(), running=leases, requeued=state.requeued(),

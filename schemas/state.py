@@ -119,6 +119,7 @@ class Lease(BaseModel):
 
     stage: str
     index: int
+    wave: int = Field(0, description="Adaptive sampling's wave (generate and score run once per wave).")
     token: str = Field(description="The task's id: a retry of the same task keeps it.")
     owner: str = Field(description="The worker's name, or 'reaper' once sent again.")
     state: LeaseState = LeaseState.RUNNING
@@ -144,7 +145,8 @@ def _now(db: redis.Redis) -> float:
 _LUA_NOW = "local t = redis.call('TIME') local now = tonumber(t[1]) + tonumber(t[2]) / 1e6 "
 
 # KEYS: job, aggregate set, failed, deliveries, leases, expiry
-# ARGV: stage, index, lease JSON (without `since`), lease seconds, most deliveries, stage order of ARGV[1]
+# ARGV: the delivery's name (stage, and wave after the first), index, lease JSON (without `since`), lease seconds,
+# most deliveries. A shard's steps run in order: wave 0's generate, score, wave 1's generate, ..., aggregate.
 _BEGIN = _LUA_NOW + """
 local index = ARGV[2]
 local status = redis.call('HGET', KEYS[1], 'status')
@@ -159,9 +161,12 @@ local held = redis.call('HGET', KEYS[5], index)
 if held then
   local other = cjson.decode(held)
   local expires = tonumber(redis.call('ZSCORE', KEYS[6], index) or '0')
-  local order = {generate = 1, score = 2, aggregate = 3}
+  local function step(l)
+    if l.stage == 'aggregate' then return math.huge end
+    return (l.wave or 0) * 2 + (l.stage == 'score' and 1 or 0)
+  end
   local live = expires > now and other.state ~= 'requeued'
-  if other.token ~= lease.token and live and order[other.stage] >= order[lease.stage] then
+  if other.token ~= lease.token and live and step(other) >= step(lease) then
     return {0, 'leased by ' .. other.owner, 0}
   end
 end
@@ -371,7 +376,8 @@ class JobState:
         k = self.keys
         run, reason, n = self._lua["begin"](
             keys=[k.job, k.stage["aggregate"], k.failed, k.deliveries, k.leases, k.expiry],
-            args=[lease.stage, lease.index, lease.model_dump_json(exclude={"since"}), seconds, most_deliveries])
+            args=[lease.stage + (f".wave{lease.wave}" if lease.wave else ""), lease.index,
+                  lease.model_dump_json(exclude={"since"}), seconds, most_deliveries])
         return Begin(run=bool(run), reason=reason.decode() if isinstance(reason, bytes) else reason, deliveries=n)
 
     def renew(self, index: int, token: str, seconds: float) -> bool:

@@ -2,10 +2,14 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
+import redis
 
 from conftest import DIGIT_PLUGIN, read_jsonl, run_producer, write_jsonl
+from fleetkit import run_cli
+from schemas.state import Keys
 
 # The simulated engine's candidates end with the reference's box at each prompt's pass_rate (accuracy grades it).
 SIMULATED = ["--model", "x", "--sampler_engine", "simulated", "--engine_kwargs",
@@ -54,6 +58,47 @@ def test_drop_settled_stops_all_correct_and_all_wrong_first_waves(tmp_path):
     assert by_rate[0.0]["samples"] == 4 and by_rate[0.0]["stopped"] == "settled: first wave all wrong"
     assert by_rate[1.0]["samples"] == 4 and by_rate[1.0]["stopped"] == "settled: first wave all correct"
     assert manifest["adaptive"]["stopped"]["settled: first wave all wrong"] >= 1
+
+
+def test_a_fleet_job_samples_wave_by_wave_and_writes_what_the_local_run_writes(tmp_path, redis_server, workers):
+    """Each wave of a shard is its own generate task (its deliveries are counted per wave); the rows, the stats
+    file and the manifest's adaptive section are those of the in-process run."""
+    workers.start()
+    adaptive = ("--target_correct", "2", "--wave_size", "4")
+    rows, stats, manifest = _run(tmp_path, "local.jsonl", *adaptive)
+    fleet = run_cli("submit", str(_data(tmp_path)), *SIMULATED, *adaptive, "--output_file", "fleet.jsonl", "--wait",
+                    "--no_progress", broker=redis_server.url, cwd=tmp_path)
+    assert fleet.returncode == 0, fleet.stderr[-2000:] + fleet.stdout
+    out = tmp_path / "sample_output"
+    assert read_jsonl(out / "fleet.jsonl") == rows
+    assert (out / "fleet.stats.jsonl").read_text() == (out / "local.stats.jsonl").read_text()
+    assert json.loads((out / "fleet.manifest.json").read_text())["adaptive"] == manifest["adaptive"]
+    assert max(s["samples"] for s in stats) == 16 and min(s["samples"] for s in stats) <= 8  # 4 waves, or fewer
+    deliveries = redis.Redis.from_url(redis_server.url).hgetall(Keys(fleet.stdout.split()[0]).deliveries)
+    assert b"generate.wave1:0" in deliveries and b"score.wave1:0" in deliveries, deliveries
+
+
+def test_a_fleet_job_cancelled_between_waves_resumes_from_its_stored_waves(tmp_path, redis_server, workers):
+    """Cancelled once a shard is in its second wave, then resumed: each shard replays the waves in storage and
+    goes on where it stopped; the output is the in-process run's."""
+    slow = json.dumps({"shard_seconds": 0.6, "pass_rate_column": "pass_rate"})
+    job = [*SIMULATED, "--engine_kwargs", slow, "--target_correct", "2", "--wave_size", "4"]
+    local = run_producer(str(_data(tmp_path)), *job, "--output_file", "local.jsonl", cwd=tmp_path)
+    assert local.returncode == 0, local.stderr[-2000:]
+    workers.start()
+    submitted = run_cli("submit", "q.jsonl", *job, "--output_file", "fleet.jsonl", "--no_progress",
+                        broker=redis_server.url, cwd=tmp_path)
+    job_id = submitted.stdout.split()[0]
+    db = redis.Redis.from_url(redis_server.url)
+    deadline = time.monotonic() + 60
+    while b"generate.wave1:0" not in db.hgetall(Keys(job_id).deliveries) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert run_cli("cancel", job_id, broker=redis_server.url, cwd=tmp_path).returncode == 0
+    resumed = run_cli("resume", job_id, "--wait", "--no_progress", broker=redis_server.url, cwd=tmp_path)
+    assert resumed.returncode == 0 and "re-enqueued" in resumed.stdout, resumed.stdout + resumed.stderr
+    out = tmp_path / "sample_output"
+    assert read_jsonl(out / "fleet.jsonl") == read_jsonl(out / "local.jsonl")
+    assert (out / "fleet.stats.jsonl").read_text() == (out / "local.stats.jsonl").read_text()
 
 
 def test_adaptive_options_are_checked():

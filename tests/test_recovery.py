@@ -213,14 +213,6 @@ def test_status_shows_the_shard_in_flight_with_its_worker_and_lease(tmp_path, re
     assert "lease expires in" in status.stdout and "in flight 1" in status.stdout
 
 
-def test_adaptive_sampling_is_refused_on_the_fleet_for_now(tmp_path, redis_server):
-    data(tmp_path / "d.jsonl", n=2)
-    proc = submit(redis_server.url, tmp_path, "d.jsonl", *SIM, "--output_file", "a.jsonl", "--orm_model", "accuracy",
-                  "--target_correct", "1")
-    assert proc.returncode == 2 and "--target_correct (adaptive sampling) runs in this process only" in proc.stderr
-    assert not redis.Redis.from_url(redis_server.url).zrange(Keys.jobs, 0, -1)
-
-
 def test_a_second_fleet_job_on_a_running_jobs_output_is_refused(tmp_path, redis_server, workers):
     workers.start("control")  # no generator: the first job stays running
     data(tmp_path / "d.jsonl", n=2)

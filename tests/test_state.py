@@ -30,8 +30,8 @@ def new_job(db: redis.Redis, job_id: str = "j1", shards: int = SHARDS) -> JobSta
     return JobState.create(db, record)
 
 
-def lease(index: int, token: str, stage: str = "generate", owner: str = "w1") -> Lease:
-    return Lease(stage=stage, index=index, token=token, owner=owner, task=f"samplefleet.{stage}",
+def lease(index: int, token: str, stage: str = "generate", owner: str = "w1", wave: int = 0) -> Lease:
+    return Lease(stage=stage, index=index, wave=wave, token=token, owner=owner, task=f"samplefleet.{stage}",
                  args=["j1", index, "é/≠ payload"], queue="generate.m", since=0)
 
 
@@ -132,6 +132,19 @@ def test_a_shard_delivered_too_often_is_poison(db):
         assert got.run and got.deliveries == n
         time.sleep(0.02)
     assert state.begin(lease(0, "t7"), seconds=30, most_deliveries=6).reason == "poison"
+
+
+def test_adaptive_waves_keep_a_shards_steps_in_order(db):
+    """Wave 1's generate task is sent while wave 0's score task still holds the lease: it takes the lease over;
+    a late duplicate of the earlier step then skips. Each wave's deliveries count apart (no false poison)."""
+    state = new_job(db)
+    for wave in range(4):  # more waves than deliveries allow for one step
+        assert begin(state, 0, f"g{wave}", wave=wave).run
+        assert not begin(state, 0, f"old{wave}", "score", wave=wave - 1).run if wave else True
+        assert begin(state, 0, f"s{wave}", "score", wave=wave).run
+        late = begin(state, 0, f"dup{wave}", "generate", wave=wave)
+        assert not late.run and late.reason == "leased by w1"
+    assert begin(state, 0, "a", "aggregate", wave=0).run  # aggregate follows the last wave's score
 
 
 def test_cancel_is_refused_for_a_finished_job_and_skips_the_rest_of_a_running_one(db):

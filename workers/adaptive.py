@@ -9,13 +9,16 @@ correct or all wrong (the groups DAPO's dynamic sampling drops). Why each prompt
 and the manifest. Each wave's seed derives from the shard's seed and the wave's number, so a run is
 deterministic with ``--seed``. Off by default: without ``--target_correct`` this module is not used at all.
 
-``add_wave`` and ``settle`` are the steps between waves, so the fleet's tasks can run one wave per generate +
-score task and decide as the embedded loop does (``sample_adaptively``).
+The fleet runs the same steps as separate tasks: a generate task samples one wave (``generate_wave``) and
+stores it under ``wave_stage``, a score task scores it and folds every stored wave (``replay``) to decide as
+the embedded loop does (``sample_adaptively``): the prompts still open go back to the generator pool as the
+next wave's generate task, or the shard goes on to aggregate. Folding stored waves, not a running total
+carried in messages, keeps a redelivered or resumed task's answer the same.
 """
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from itertools import groupby
 
 from schemas import Candidate, GeneratedShard, Generation, JobSpec, Prompt, PromptShard
@@ -56,9 +59,16 @@ def _samples(gen: Generation | None) -> int:
     return 0 if gen is None else sum(not c.reference for c in gen.candidates)
 
 
+def wave_stage(stage: str, number: int) -> str:
+    """Where the fleet stores a shard's wave of ``stage`` ("generated", "scored"): wave 0 under the stage's own
+    name, as a fixed-N job does."""
+    return stage if number == 0 else f"{stage}-wave{number}"
+
+
 def add_wave(acc: GeneratedShard | None, wave: GeneratedShard, number: int) -> GeneratedShard:
     """The shard's scored candidates so far with a wave's appended, prompts matched by row (the first wave has
-    every prompt of the shard, later ones the prompts still open); the dataset's answer joins once."""
+    every prompt of the shard, in the shard's order, which later waves keep; they have the prompts still
+    open); the dataset's answer joins once."""
     fresh = {g.prompt.row: g for g in wave.generations}
     if acc is None:
         return wave
@@ -94,32 +104,53 @@ def settle(spec: JobSpec, acc: GeneratedShard, wave: GeneratedShard, number: int
     return still, stopped
 
 
-def sample_adaptively(engine: Engine, scorer: Scorer, spec: JobSpec, shard: PromptShard,
-                      on_progress: Callable[[int, int], None] | None = None) -> tuple[GeneratedShard, dict[int, str]]:
-    """The shard's scored candidates, sampled wave by wave, and prompt row -> why its sampling stopped."""
-    n, size_cap, seed = spec.sampling.num_return_sequences, spec.adaptive_wave, spec.sampling.shard_seed(shard.index)
+def replay(spec: JobSpec, waves: Iterable[GeneratedShard]) -> tuple[GeneratedShard | None, dict[int, str],
+                                                                    list[Prompt]]:
+    """Scored waves folded in order, as the loop made them: (candidates so far, prompt row -> why it stopped,
+    prompts still open). Reads no further than the wave that left no prompt open."""
     acc: GeneratedShard | None = None
     stopped: dict[int, str] = {}
-    open_prompts, number = list(shard.prompts), 0
+    still: list[Prompt] = []
+    for number, wave in enumerate(waves):
+        acc = add_wave(acc, wave, number)
+        still, stopped = settle(spec, acc, wave, number, stopped)
+        if not still:
+            break
+    return acc, stopped, still
+
+
+def generate_wave(engine: Engine, spec: JobSpec, shard: PromptShard, acc: GeneratedShard | None,
+                  number: int) -> GeneratedShard:
+    """Wave ``number`` for ``shard``'s prompts (those still open), unscored; ``acc``: the waves before it.
+
+    Each prompt gets ``--wave_size`` samples, or what its ``--num_return_sequences`` cap leaves; one engine call
+    per group of equal counts (every open prompt has as many as the others, unless an engine returned fewer),
+    so the engine batches the prompts together.
+    """
+    n, seed = spec.sampling.num_return_sequences, wave_seed(spec.sampling.shard_seed(shard.index), number)
+    have = {g.prompt.row: g for g in acc.generations} if acc else {}
+    size = {p.row: min(spec.adaptive_wave, n - _samples(have.get(p.row))) for p in shard.prompts}
+    generations: list[Generation] = []
+    started = time.perf_counter()
+    for count, group in groupby(sorted(shard.prompts, key=lambda p: -size[p.row]), key=lambda p: size[p.row]):
+        params = spec.sampling.model_copy(update={"num_return_sequences": count})
+        generations += engine.generate(list(group), params, seed=seed)
+    return GeneratedShard(job_id=shard.job_id, index=shard.index, generations=generations,
+                          seconds=time.perf_counter() - started)
+
+
+def sample_adaptively(engine: Engine, scorer: Scorer, spec: JobSpec, shard: PromptShard,
+                      on_progress: Callable[[int, int], None] | None = None) -> tuple[GeneratedShard, dict[int, str]]:
+    """The shard's scored candidates, sampled wave by wave, and prompt row -> why its sampling stopped.
+    Decided by ``replay`` over the waves so far, as the fleet's score task decides."""
+    waves: list[GeneratedShard] = []
+    acc, stopped, still = None, {}, list(shard.prompts)
     engine.on_progress = on_progress
     try:
-        while open_prompts:
-            have = {g.prompt.row: g for g in acc.generations} if acc else {}
-            size = {p.row: min(size_cap, n - _samples(have.get(p.row))) for p in open_prompts}
-            generations: list[Generation] = []
-            started = time.perf_counter()
-            # one engine call per wave (every open prompt has as many samples as the others, unless an engine
-            # returned fewer): groups by the samples still allowed
-            for count, group in groupby(sorted(open_prompts, key=lambda p: -size[p.row]), key=lambda p: size[p.row]):
-                params = spec.sampling.model_copy(update={"num_return_sequences": count})
-                generations += engine.generate(list(group), params, seed=wave_seed(seed, number))
-            wave = scorer.score(GeneratedShard(job_id=shard.job_id, index=shard.index, generations=generations,
-                                               seconds=time.perf_counter() - started))
-            acc = add_wave(acc, wave, number)
-            open_prompts, stopped = settle(spec, acc, wave, number, stopped)
-            number += 1
+        while still:
+            wave = generate_wave(engine, spec, shard.model_copy(update={"prompts": still}), acc, len(waves))
+            waves.append(scorer.score(wave))
+            acc, stopped, still = replay(spec, waves)
     finally:
         engine.on_progress = None
-    order = {p.row: i for i, p in enumerate(shard.prompts)}  # the shard's own order, whatever the waves did
-    acc = acc.model_copy(update={"generations": sorted(acc.generations, key=lambda g: order[g.prompt.row])})
     return acc, stopped

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import logging
 import uuid
+from collections.abc import Iterator
+from itertools import count
 
 from celery import Task
 
@@ -19,6 +21,7 @@ from schemas.fleet import (QUEUE_AGGREGATE, QUEUE_SCORE, TASK_AGGREGATE, TASK_FI
 from schemas.records import rows_note
 from schemas.settings import settings
 from schemas.state import JobState, Lease
+from workers.adaptive import generate_wave, replay, wave_stage
 from workers.aggregate import shard_rows, summarise
 from workers.app import app
 from workers.engines import ENGINES, Engine
@@ -85,15 +88,17 @@ class ShardTask(Task):
     acks_late = True
     ignore_result = True
     stage = ""
+    wave_at: int | None = None  # where the adaptive wave's number is in the arguments after (job id, shard)
 
     def __call__(self, job_id: str, index: int, *rest):
         env = settings()
         state = job_state(job_id)
         token = self.request.id or uuid.uuid4().hex
-        lease = Lease(stage=self.stage, index=index, token=token, owner=self.request.hostname or "?",
+        wave = rest[self.wave_at] if self.wave_at is not None and len(rest) > self.wave_at else 0
+        lease = Lease(stage=self.stage, index=index, wave=wave, token=token, owner=self.request.hostname or "?",
                       task=self.name, args=[job_id, index, *rest], queue=self._queue(), since=0.0)
         begun = state.begin(lease, seconds=env.lease_expire, most_deliveries=2 * env.max_attempts)
-        what = f"job {job_id} shard {index} {self.stage}"
+        what = f"job {job_id} shard {index} {self.stage}" + (f" (wave {wave})" if wave else "")
         if begun.reason == "poison":
             self._fail(state, index, token, PermanentError(
                 f"shard {index}: {self.stage} delivered {begun.deliveries} times without finishing (its worker "
@@ -133,7 +138,8 @@ class ShardTask(Task):
         return f"retrying in {backoff:.0f}s: {type(exc).__name__}: {exc}"
 
     def _fail(self, state: JobState, index: int, token: str, exc: Exception, rest: tuple) -> None:
-        error = f"{self.stage}: {type(exc).__name__}: {exc}{_rows(state, index, rest)}"
+        prompts = rest[0] if self.stage == "generate" else None  # generate carries its prompts
+        error = f"{self.stage}: {type(exc).__name__}: {exc}{_rows(state, index, prompts)}"
         if state.failed(index, token, error):
             log.error("job %s shard %d failed in %s: %s", state.id, index, self.stage, exc)
         finalise_once(state)
@@ -144,11 +150,11 @@ class ShardTask(Task):
         task.apply_async(args, queue=queue)
 
 
-def _rows(state: JobState, index: int, rest: tuple) -> str:
+def _rows(state: JobState, index: int, shard_json: str | None) -> str:
     """The failed shard's rows, from the message (generate) or its stored candidates (later stages)."""
     try:
-        if rest:  # generate carries its prompts
-            prompts = PromptShard.model_validate_json(rest[0]).prompts
+        if shard_json:
+            prompts = PromptShard.model_validate_json(shard_json).prompts
         else:
             shard = GeneratedShard.model_validate_json(JobOutput(state.record().spec).read_stage("generated", index))
             prompts = [g.prompt for g in shard.generations]
@@ -178,33 +184,56 @@ def open_job(spec_json: str) -> dict[str, str]:
     return {str(s.index): s.fingerprint or "" for s in output.summaries()}
 
 
-@app.task(bind=True, base=ShardTask, name=TASK_GENERATE, stage="generate")
-def generate(self: ShardTask, job_id: str, index: int, shard_json: str) -> None:
+def _scored_waves(output: JobOutput, index: int, upto: int | None = None) -> Iterator[GeneratedShard]:
+    """An adaptive shard's scored waves from storage, in order (``upto``: the first ones only)."""
+    for number in count() if upto is None else range(upto):
+        yield GeneratedShard.model_validate_json(output.read_stage(wave_stage("scored", number), index))
+
+
+@app.task(bind=True, base=ShardTask, name=TASK_GENERATE, stage="generate", wave_at=1)
+def generate(self: ShardTask, job_id: str, index: int, shard_json: str, wave: int = 0) -> None:
+    """A shard's candidates; with adaptive sampling, one wave of them for the prompts still open."""
     state = job_state(job_id)
     spec = state.record().spec
     output = JobOutput(spec)
-    if output.has_stage("generated", index):  # a redelivery, or a resumed job: same prompts, same seed
+    stored = wave_stage("generated", wave)
+    if output.has_stage(stored, index):  # a redelivery, or a resumed job: same prompts, same seed
         log.info("job %s shard %d: candidates already in storage, not generated again", job_id, index)
         state.record_engine({"engine": spec.sampler_engine, "model": spec.model or ""})  # if no shard here loads one
     else:
         engine = engine_for(spec)
         state.record_engine(engine.describe())
-        output.write_stage("generated", index,
-                           generate_shard(engine, spec, PromptShard.model_validate_json(shard_json)).model_dump_json())
+        shard = PromptShard.model_validate_json(shard_json)
+        if spec.target_correct is None:
+            generated = generate_shard(engine, spec, shard)
+        else:
+            acc = replay(spec, _scored_waves(output, index, upto=wave))[0] if wave else None
+            generated = generate_wave(engine, spec, shard, acc, wave)
+        output.write_stage(stored, index, generated.model_dump_json())
     if spec.scored:
-        self.pass_on(state, index, score, (job_id, index), QUEUE_SCORE)
+        self.pass_on(state, index, score, (job_id, index, wave), QUEUE_SCORE)
     else:
         self.pass_on(state, index, aggregate, (job_id, index), QUEUE_AGGREGATE)
 
 
-@app.task(bind=True, base=ShardTask, name=TASK_SCORE, stage="score")
-def score(self: ShardTask, job_id: str, index: int) -> None:
+@app.task(bind=True, base=ShardTask, name=TASK_SCORE, stage="score", wave_at=0)
+def score(self: ShardTask, job_id: str, index: int, wave: int = 0) -> None:
+    """A shard's scores; with adaptive sampling, a wave's, then the next wave of the prompts still open goes back
+    to the generator pool, or the shard goes on to aggregate."""
     state = job_state(job_id)
-    spec = state.record().spec
+    record = state.record()
+    spec = record.spec
     output = JobOutput(spec)
-    if not output.has_stage("scored", index):  # else a redelivery: the scores are in storage
-        scored = scorer_for(spec).score(GeneratedShard.model_validate_json(output.read_stage("generated", index)))
-        output.write_stage("scored", index, scored.model_dump_json())
+    stored = wave_stage("scored", wave)
+    if not output.has_stage(stored, index):  # else a redelivery: the scores are in storage
+        generated = GeneratedShard.model_validate_json(output.read_stage(wave_stage("generated", wave), index))
+        output.write_stage(stored, index, scorer_for(spec).score(generated).model_dump_json())
+    if spec.target_correct is not None:
+        still = replay(spec, _scored_waves(output, index, upto=wave + 1))[2]
+        if still:
+            shard = PromptShard(job_id=job_id, index=index, prompts=still)
+            self.pass_on(state, index, generate, (job_id, index, shard.model_dump_json(), wave + 1), record.queue)
+            return
     self.pass_on(state, index, aggregate, (job_id, index), QUEUE_AGGREGATE)
 
 
@@ -213,9 +242,13 @@ def aggregate(self: ShardTask, job_id: str, index: int) -> None:
     state = job_state(job_id)
     spec = state.record().spec
     output = JobOutput(spec)
-    shard = GeneratedShard.model_validate_json(output.read_stage("scored" if spec.scored else "generated", index))
+    stopped: dict[int, str] = {}
+    if spec.target_correct is None:
+        shard = GeneratedShard.model_validate_json(output.read_stage("scored" if spec.scored else "generated", index))
+    else:
+        shard, stopped, _ = replay(spec, _scored_waves(output, index))
     rows, dropped = shard_rows(spec, shard)
-    summary = summarise(spec, shard, len(rows), dropped)
+    summary = summarise(spec, shard, len(rows), dropped, stopped)
     output.write_shard(rows, summary)
     state.stage_done("aggregate", index, self.request.id, candidates=summary.candidates, tokens=summary.tokens,
                      rows=summary.rows)
