@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 pytest_plugins = ("fleetkit", "s3server")  # fixtures for real servers: redis_server, workers, s3_server
 # No hub at run time: every test runs offline, so a stray download fails instead of hanging.
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "TOKENIZERS_PARALLELISM": "false"}
+           "MODELSCOPE_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 os.environ.update(OFFLINE)
 
 

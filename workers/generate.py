@@ -6,11 +6,12 @@ from collections.abc import Callable
 
 from schemas import GeneratedShard, JobSpec, PromptShard
 from workers.engines import ENGINES, Engine
+from workers.models import hub_models
 
 
 def load_engine(spec: JobSpec) -> Engine:
     """The engine named by --sampler_engine, loaded with the job's model and options."""
-    return ENGINES.create(spec.sampler_engine, spec)
+    return ENGINES.create(spec.sampler_engine, hub_models(spec, "model"))
 
 
 def generate_shard(engine: Engine, spec: JobSpec, shard: PromptShard,

@@ -12,6 +12,7 @@ import time
 
 from schemas import Candidate, GeneratedShard, Generation, JobSpec, Scores
 from schemas.errors import ConfigError
+from workers.models import hub_models
 from workers.registry import Registry
 from workers.scoring import InferRequest, RewardModel
 from workers.scoring.base import validate_scores
@@ -27,7 +28,7 @@ def load_prm(spec: JobSpec, prms: Registry[RewardModel]) -> RewardModel:
         return prms.create(spec.prm_model, spec)
     from workers.scoring.prm_kinds import load_prm as load_from_path
 
-    return load_from_path(spec)
+    return load_from_path(hub_models(spec, "prm_model"))
 
 
 class Scorer:

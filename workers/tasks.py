@@ -27,6 +27,7 @@ from workers.app import app
 from workers.engines import ENGINES, Engine
 from workers.generate import generate_shard, load_engine
 from workers.jobs import finalise_once, job_state
+from workers.models import hub_models
 from workers.lease import KeepAlive, StageTimeLimit
 from workers.output import JobOutput
 from workers.score import Scorer
@@ -36,10 +37,10 @@ log = logging.getLogger(__name__)
 _loaded: dict[str, tuple[str, Engine | Scorer]] = {}  # "engine"/"scorer" -> (config key, loaded object)
 
 # Every option that changes what an engine or a scorer loads, or how it behaves once loaded.
-_ENGINE_KEY = {"sampler_engine", "sampler_type", "model", "base_url", "torch_dtype", "max_batch_size",
+_ENGINE_KEY = {"sampler_engine", "sampler_type", "model", "use_hf", "base_url", "torch_dtype", "max_batch_size",
                "max_batch_tokens", "engine_kwargs", "cache_files", "sampling"}
 _SCORER_KEY = {"orm_model", "orm_kwargs", "orm_weights", "prm_model", "prm_kwargs", "external_plugins",
-               "include_ground_truth", "model", "torch_dtype"}
+               "include_ground_truth", "model", "use_hf", "torch_dtype"}
 
 
 def _warm(kind: str, key: str, load) -> Engine | Scorer:
@@ -178,7 +179,7 @@ def open_job(spec_json: str) -> dict[str, str]:
     if spec.prm_model and spec.prm_model not in registries.prms:
         from workers.scoring.prm_kinds import prm_kind
 
-        prm_kind(spec.prm_model, spec.prm_kwargs)
+        prm_kind(hub_models(spec, "prm_model").prm_model, spec.prm_kwargs)
     output = JobOutput(spec)
     output.open()
     return {str(s.index): s.fingerprint or "" for s in output.summaries()}
