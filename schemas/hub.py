@@ -81,16 +81,18 @@ def need_modelscope(option: str, repo: str) -> None:
                           "Hugging Face id)")
 
 
-def modelscope_snapshot(repo: str, *, option: str, error: type[PermanentError], dataset: bool = False) -> str:
+def modelscope_snapshot(repo: str, *, option: str, error: type[PermanentError], dataset: bool = False,
+                        files: list[str] | None = None) -> str:
     """The local folder of ModelScope repo ``repo``: downloaded (or brought up to date) when the hub answers,
-    else from the modelscope cache (``MODELSCOPE_CACHE``); ``error`` is the caller's kind of failure."""
+    else from the modelscope cache (``MODELSCOPE_CACHE``); ``error`` is the caller's kind of failure; ``files``:
+    only these (a check that reads a config needs no weights)."""
     need_modelscope(option, repo)
     from modelscope import snapshot_download
 
     offline = modelscope_offline()
     kind = "dataset" if dataset else "model"
     try:
-        return snapshot_download(repo, repo_type=kind, local_files_only=offline is not None)
+        return snapshot_download(repo, repo_type=kind, local_files_only=offline is not None, allow_patterns=files)
     except Exception as exc:  # modelscope raises its own HubError tree, requests' errors and OSError
         if offline:
             raise error(f"{option} {repo!r}: not in the local ModelScope cache, and the ModelScope hub is offline: "

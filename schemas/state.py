@@ -62,7 +62,7 @@ class Keys:
         self.job = base  # hash: the JobRecord's fields
         self.stage = {stage: f"{base}:{stage}" for stage in STAGES}  # sets: shards whose stage is done
         self.failed = f"{base}:failed"  # hash: shard -> error (never holds an aggregated shard)
-        self.attempts = f"{base}:attempts"  # hash: shard -> failed attempts
+        self.attempts = f"{base}:attempts"  # hash: shard (or "shard.waveN") -> failed attempts
         self.deliveries = f"{base}:deliveries"  # hash: "stage:shard" -> times its task began
         self.leases = f"{base}:leases"  # hash: shard -> Lease JSON
         self.expiry = f"{base}:expiry"  # sorted set: shard -> when its lease expires (Redis time)
@@ -229,11 +229,12 @@ drop_if_ours(KEYS[3], KEYS[4], ARGV[1], ARGV[2])
 return 1
 """
 
-# KEYS: attempts, leases, expiry. ARGV: index, token, most attempts, back-off base, cap, a random in [0, 1).
+# KEYS: attempts, leases, expiry. ARGV: index, token, most attempts, back-off base, cap, a random in [0, 1),
+# what the attempts are counted under (the shard; an adaptive wave after the first apart).
 # {failed attempts so far, back-off}; below the limit the lease waits out the back-off (full jitter: a random
 # share of base x 2^attempts, at most cap), then the reaper sends the task again.
 _RETRY = _LUA_NOW + """
-local n = redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
+local n = redis.call('HINCRBY', KEYS[1], ARGV[7], 1)
 local backoff = math.min(tonumber(ARGV[5]), tonumber(ARGV[4]) * 2 ^ n) * tonumber(ARGV[6])
 if n < tonumber(ARGV[3]) then
   local held = redis.call('HGET', KEYS[2], ARGV[1])
@@ -402,13 +403,15 @@ class JobState:
         return bool(self._lua["fail"](keys=[k.stage["aggregate"], k.failed, k.leases, k.expiry],
                                       args=[index, token, error]))
 
-    def attempt_failed(self, index: int, token: str, *, most: int, base: float = 2.0,
+    def attempt_failed(self, index: int, token: str, *, most: int, wave: int = 0, base: float = 2.0,
                        cap: float = 300.0) -> tuple[int, float]:
         """Count a failed attempt: (attempts so far, back-off); below ``most`` the shard's task is sent again
-        once the back-off is over."""
+        once the back-off is over. Each adaptive wave after the first has ``most`` attempts of its own, so a
+        shard sampled in many waves is not failed for a few unrelated transient errors."""
         k = self.keys
         n, backoff = self._lua["retry"](keys=[k.attempts, k.leases, k.expiry],
-                                        args=[index, token, most, base, cap, random.random()])
+                                        args=[index, token, most, base, cap, random.random(),
+                                              f"{index}.wave{wave}" if wave else index])
         return int(n), float(backoff)
 
     # --- the whole job -----------------------------------------------------------------------------------

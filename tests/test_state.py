@@ -145,6 +145,8 @@ def test_adaptive_waves_keep_a_shards_steps_in_order(db):
         late = begin(state, 0, f"dup{wave}", "generate", wave=wave)
         assert not late.run and late.reason == "leased by w1"
     assert begin(state, 0, "a", "aggregate", wave=0).run  # aggregate follows the last wave's score
+    # failed attempts, too, are counted per wave: two waves' transient errors do not add up to the limit
+    assert [state.attempt_failed(0, "a", most=3, wave=w)[0] for w in (1, 2, 2, 0)] == [1, 1, 2, 1]
 
 
 def test_cancel_is_refused_for_a_finished_job_and_skips_the_rest_of_a_running_one(db):

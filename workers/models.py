@@ -54,13 +54,15 @@ def resolve_model(model: str) -> str:
     raise ModelLoadError(f"--model {model!r}: no such model folder (and not a hub id or the alias {DEMO_ALIAS!r})")
 
 
-def hub_models(spec: "JobSpec", field: str) -> "JobSpec":
+def hub_models(spec: "JobSpec", field: str, files: list[str] | None = None) -> "JobSpec":
     """With --use_hf false, the spec with ``field`` (model or prm_model) swapped for the local folder of its
-    ModelScope id, fetched here, on the machine that loads it (a fleet worker has its own cache); else as is."""
+    ModelScope id, fetched here, on the machine that loads it (a fleet worker has its own cache); else as is.
+    ``files``: fetch only these (a check of the model's kind needs its configs, not its weights)."""
     repo = modelscope_ids(spec).get(field)
     if repo is None:
         return spec
-    return spec.model_copy(update={field: modelscope_snapshot(repo, option=f"--{field}", error=ModelLoadError)})
+    return spec.model_copy(update={field: modelscope_snapshot(repo, option=f"--{field}", error=ModelLoadError,
+                                                              files=files)})
 
 
 def in_hub_cache(repo: str) -> bool:

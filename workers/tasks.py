@@ -27,8 +27,8 @@ from workers.app import app
 from workers.engines import ENGINES, Engine
 from workers.generate import generate_shard, load_engine
 from workers.jobs import finalise_once, job_state
-from workers.models import hub_models
 from workers.lease import KeepAlive, StageTimeLimit
+from workers.models import hub_models
 from workers.output import JobOutput
 from workers.score import Scorer
 from workers.scoring.plugins import load_plugins, plugin_key
@@ -116,7 +116,7 @@ class ShardTask(Task):
         except Exception as exc:  # noqa: BLE001 - every failure goes through the one policy below
             if hold.timed_out or isinstance(exc, StageTimeLimit):
                 exc = StageTimeLimit(f"{self.stage} ran past SAMPLEFLEET_STAGE_TIME_LIMIT={env.stage_time_limit:g}s")
-            return self._attempt_failed(state, index, token, exc, rest, env.max_attempts)
+            return self._attempt_failed(state, lease, exc, rest, env.max_attempts)
         state.release(index, token)
         log.info("%s: done", what)  # Celery's own "succeeded" line names only the task id
         return "done"
@@ -125,21 +125,22 @@ class ShardTask(Task):
         info = self.request.delivery_info or {}
         return info.get("routing_key") or self.queue or QUEUE_AGGREGATE
 
-    def _attempt_failed(self, state: JobState, index: int, token: str, exc: Exception, rest: tuple,
-                        most: int) -> str:
+    def _attempt_failed(self, state: JobState, lease: Lease, exc: Exception, rest: tuple, most: int) -> str:
+        index, token = lease.index, lease.token
         if isinstance(exc, PermanentError):
-            self._fail(state, index, token, exc, rest)
+            self._fail(state, index, token, exc, rest, lease.wave)
             raise exc
-        attempts, backoff = state.attempt_failed(index, token, most=most)
+        attempts, backoff = state.attempt_failed(index, token, most=most, wave=lease.wave)
         if attempts >= most:
-            self._fail(state, index, token, exc, rest)
+            self._fail(state, index, token, exc, rest, lease.wave)
             raise exc
         log.warning("job %s shard %d: %s attempt %d failed (%s: %s); again in %.0fs", state.id, index, self.stage,
                     attempts, type(exc).__name__, exc, backoff)
         return f"retrying in {backoff:.0f}s: {type(exc).__name__}: {exc}"
 
-    def _fail(self, state: JobState, index: int, token: str, exc: Exception, rest: tuple) -> None:
-        prompts = rest[0] if self.stage == "generate" else None  # generate carries its prompts
+    def _fail(self, state: JobState, index: int, token: str, exc: Exception, rest: tuple, wave: int = 0) -> None:
+        # wave 0's generate carries the shard's prompts; later waves only those still open, all of them fail
+        prompts = rest[0] if self.stage == "generate" and not wave else None
         error = f"{self.stage}: {type(exc).__name__}: {exc}{_rows(state, index, prompts)}"
         if state.failed(index, token, error):
             log.error("job %s shard %d failed in %s: %s", state.id, index, self.stage, exc)
@@ -179,7 +180,8 @@ def open_job(spec_json: str) -> dict[str, str]:
     if spec.prm_model and spec.prm_model not in registries.prms:
         from workers.scoring.prm_kinds import prm_kind
 
-        prm_kind(hub_models(spec, "prm_model").prm_model, spec.prm_kwargs)
+        configs = hub_models(spec, "prm_model", files=["config.json", "modules.json"])  # not the weights
+        prm_kind(configs.prm_model, spec.prm_kwargs)
     output = JobOutput(spec)
     output.open()
     return {str(s.index): s.fingerprint or "" for s in output.summaries()}
