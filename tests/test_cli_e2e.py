@@ -210,7 +210,8 @@ def test_the_references_stage_two_command_needs_no_model(tmp_path, arithmetic):
 
 
 def test_ctrl_c_names_the_exact_output_file_to_resume(tmp_path):
-    data = write_jsonl(tmp_path / "facts.jsonl", [{"query": f"Tell me a fact about {i}."} for i in range(6)])
+    # enough shards that the run is still going when the first one is done (bf16 makes each one short)
+    data = write_jsonl(tmp_path / "facts.jsonl", [{"query": f"Tell me a fact about {i}."} for i in range(40)])
     env = {**os.environ, **OFFLINE, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([sys.executable, "-m", "producer", "submit", "--no_progress", str(data), *SMALL,
                              "--num_return_sequences", "2", "--shard_size", "1"], cwd=tmp_path, env=env,
