@@ -215,7 +215,10 @@ def test_ctrl_c_names_the_exact_output_file_to_resume(tmp_path):
     env = {**os.environ, **OFFLINE, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([sys.executable, "-m", "producer", "submit", "--no_progress", str(data), *SMALL,
                              "--num_return_sequences", "2", "--shard_size", "1"], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            # a suite started in the background (`make test &`) ignores SIGINT, and so would
+                            # the child: give it the terminal's default, as a user's Ctrl-C finds it
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         out = tmp_path / "sample_output"
         deadline = time.monotonic() + 300
