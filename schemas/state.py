@@ -137,6 +137,11 @@ class Begin(BaseModel):
     deliveries: int = 0
 
 
+def _per_wave(name: str | int, wave: int) -> str:
+    """What a count is kept under for one adaptive wave (``name`` as is for wave 0, as a fixed-N job has it)."""
+    return f"{name}.wave{wave}" if wave else str(name)
+
+
 def _now(db: redis.Redis) -> float:
     seconds, micros = db.time()
     return seconds + micros / 1e6
@@ -377,7 +382,7 @@ class JobState:
         k = self.keys
         run, reason, n = self._lua["begin"](
             keys=[k.job, k.stage["aggregate"], k.failed, k.deliveries, k.leases, k.expiry],
-            args=[lease.stage + (f".wave{lease.wave}" if lease.wave else ""), lease.index,
+            args=[_per_wave(lease.stage, lease.wave), lease.index,
                   lease.model_dump_json(exclude={"since"}), seconds, most_deliveries])
         return Begin(run=bool(run), reason=reason.decode() if isinstance(reason, bytes) else reason, deliveries=n)
 
@@ -411,7 +416,7 @@ class JobState:
         k = self.keys
         n, backoff = self._lua["retry"](keys=[k.attempts, k.leases, k.expiry],
                                         args=[index, token, most, base, cap, random.random(),
-                                              f"{index}.wave{wave}" if wave else index])
+                                              _per_wave(index, wave)])
         return int(n), float(backoff)
 
     # --- the whole job -----------------------------------------------------------------------------------
