@@ -44,11 +44,13 @@ vllm-venv: $(VLLM_STAMP) model
 
 test: vllm-venv test-main test-vllm
 
-# Headless Chromium for tests/test_report.py's browser check, where apt is there and we are root; else it skips.
+# Headless Chromium for tests/test_report.py's browser check and Prometheus (server and promtool) for
+# tests/test_prometheus.py, where apt is there and we are root; else those tests skip.
 browser:
-	@command -v chromium >/dev/null || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; } || \
-	  echo "no chromium (no apt, or not root): tests/test_report.py's browser check will skip"
+	@{ command -v chromium && command -v prometheus && command -v promtool; } >/dev/null || \
+	  { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver prometheus; } || \
+	  echo "no chromium/prometheus (no apt, or not root): tests/test_report.py's browser check and tests/test_prometheus.py will skip"
 
 test-main: setup browser
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)

@@ -4,7 +4,11 @@ Flower exports task events, but not how many messages wait in each queue, how fa
 whether Redis is up; this collector reads those from Redis at every scrape. A scrape must answer even
 when Redis does not: the reads run with one-second socket timeouts and no retries (the producer's own
 client rides out a restart for a minute), under a deadline, and a Redis that does not answer is
-reported as ``samplefleet_redis_up 0`` rather than as a hung or failed scrape.
+reported as ``samplefleet_redis_up 0`` rather than as a hung or failed scrape. ``samplefleet_scrape_complete``
+is 1 only when every source answered in time: the broker, the job state (every reported job) and the pings.
+
+Job series carry the job's id as ``job_id``: ``job`` is Prometheus's own target label (a scraped ``job`` is
+stored as ``exported_job``).
 
 Workers alive: a ``--pool solo`` worker answers neither pings nor sends heartbeats while it runs a shard
 (its one thread is busy), so a worker counts as alive when it answers a ping or holds a shard's lease.
@@ -49,7 +53,12 @@ class Snapshot:
     unacked: int | None = None
     jobs: list[JobStatus] = field(default_factory=list)
     pinged: set[str] = field(default_factory=set)
-    complete: bool = False
+    failed: list[str] = field(default_factory=list)  # the sources that did not answer
+    done: bool = False  # the reader got to the end before the deadline
+
+    @property
+    def complete(self) -> bool:
+        return self.done and not self.failed
 
 
 def _stage_of_failure(error: str) -> str:
@@ -91,42 +100,40 @@ class FleetCollector(Collector):
     # --- reading -----------------------------------------------------------------------------------------
 
     def _read(self, snap: Snapshot) -> None:
-        try:
-            self._read_broker(snap)
-            self._read_state(snap)
-            if snap.redis_up["broker"]:
-                app = self.fleet.celery
-                with app.connection_for_write() as conn:  # a fresh connection: a reused one misses pongs now and then
-                    replies = app.control.ping(timeout=self.ping_timeout, connection=conn) or []
-                snap.pinged = {name for reply in replies for name in reply}
-            snap.complete = True
-        except Exception as exc:  # noqa: BLE001 - a scrape reports what it could read, it never fails
-            log.warning("metrics: %s: %s", type(exc).__name__, exc)
+        for source, read in (("broker", self._read_broker), ("state", self._read_state), ("ping", self._ping)):
+            try:
+                read(snap)
+            except Exception as exc:  # noqa: BLE001 - a scrape reports what it could read, it never fails
+                log.warning("metrics: %s unreachable: %s: %s", source, type(exc).__name__, exc)
+                snap.failed.append(source)
+        snap.done = True
+
+    def _ping(self, snap: Snapshot) -> None:
+        if not snap.redis_up["broker"]:
+            raise redis.ConnectionError("no broker to ping the workers through")
+        app = self.fleet.celery
+        with app.connection_for_write() as conn:  # a fresh connection: a reused one misses pongs now and then
+            replies = app.control.ping(timeout=self.ping_timeout, connection=conn) or []
+        snap.pinged = {name for reply in replies for name in reply}
 
     def _read_broker(self, snap: Snapshot) -> None:
         try:  # the model queues in use are recorded with the job state
             known = {q.decode() for q in self.fleet.db.smembers(Keys.queues)}
-        except (redis.RedisError, OSError):
+        except (redis.RedisError, OSError) as exc:  # the default queues are still read; the scrape is incomplete
+            log.warning("metrics: job state unreachable: %s", exc)
+            snap.failed.append("state: queues")
             known = set()
         queues = sorted(set(DEFAULT_QUEUES) | known)
-        try:
-            with self.broker.pipeline(transaction=False) as pipe:
-                for queue in queues:
-                    pipe.llen(queue)
-                pipe.hlen("unacked")  # kombu's hash of messages delivered to workers and not yet acknowledged
-                *depths, unacked = pipe.execute()
-        except (redis.RedisError, OSError) as exc:
-            log.warning("metrics: broker unreachable: %s", exc)
-            return
+        with self.broker.pipeline(transaction=False) as pipe:
+            for queue in queues:
+                pipe.llen(queue)
+            pipe.hlen("unacked")  # kombu's hash of messages delivered to workers and not yet acknowledged
+            *depths, unacked = pipe.execute()
         snap.redis_up["broker"] = True
         snap.queues, snap.unacked = dict(zip(queues, depths)), unacked
 
     def _read_state(self, snap: Snapshot) -> None:
-        try:
-            ids = [j.decode() for j in self.fleet.db.zrevrange(Keys.jobs, 0, self.recent_jobs - 1)]
-        except (redis.RedisError, OSError) as exc:
-            log.warning("metrics: job state unreachable: %s", exc)
-            return
+        ids = [j.decode() for j in self.fleet.db.zrevrange(Keys.jobs, 0, self.recent_jobs - 1)]
         snap.redis_up["state"] = True
         snap.jobs = [self.fleet.status(job_id) for job_id in ids]  # all or none
 
@@ -138,8 +145,8 @@ class FleetCollector(Collector):
         for role, ok in snap.redis_up.items():
             up.add_metric([role], int(ok))
         yield up
-        yield GaugeMetricFamily("samplefleet_scrape_complete", "1 when this scrape read everything in time.",
-                                value=int(snap.complete))
+        yield GaugeMetricFamily("samplefleet_scrape_complete", "1 when every source (broker, job state, worker "
+                                "pings) answered this scrape in time; 0 when any failed.", value=int(snap.complete))
         yield GaugeMetricFamily("samplefleet_scrape_duration_seconds", "Seconds this scrape took.", value=seconds)
         depth = GaugeMetricFamily("samplefleet_queue_depth", "Messages waiting in a queue (a Redis list).",
                                   labels=["queue"])
@@ -154,26 +161,31 @@ class FleetCollector(Collector):
 
     def _job_metrics(self, jobs: list[JobStatus]) -> Iterator[Metric]:
         status = GaugeMetricFamily("samplefleet_job_status", "1 for the job's current status, 0 for the others.",
-                                   labels=["job", "status"])
-        shards = GaugeMetricFamily("samplefleet_job_shards", "Shards in the job.", labels=["job"])
+                                   labels=["job_id", "status"])
+        shards = GaugeMetricFamily("samplefleet_job_shards", "Shards in the job.", labels=["job_id"])
         stage = GaugeMetricFamily("samplefleet_job_stage_shards", "Shards of the job in a state at a stage: "
                                   "done (past it), in_flight (a worker holds it), retrying (waits out a back-off), "
-                                  "requeued (its worker was lost), failed.", labels=["job", "stage", "state"])
-        failed = GaugeMetricFamily("samplefleet_job_failed_shards", "Shards of the job that failed.", labels=["job"])
+                                  "requeued (its worker was lost), failed.", labels=["job_id", "stage", "state"])
+        failed = GaugeMetricFamily("samplefleet_job_failed_shards", "Shards of the job that failed.", labels=["job_id"])
         in_flight = GaugeMetricFamily("samplefleet_job_in_flight_shards", "Shards of the job a worker holds now.",
-                                      labels=["job"])
+                                      labels=["job_id"])
         requeued = CounterMetricFamily("samplefleet_job_requeued_shards", "Times the job's shards were sent "
-                                       "again because their worker was lost.", labels=["job"])
-        samples = CounterMetricFamily("samplefleet_job_samples", "Candidates sampled for the job.", labels=["job"])
-        tokens = CounterMetricFamily("samplefleet_job_tokens", "Tokens generated for the job.", labels=["job"])
-        rows = CounterMetricFamily("samplefleet_job_rows", "Rows written for the job.", labels=["job"])
+                                       "again because their worker was lost.", labels=["job_id"])
+        samples = CounterMetricFamily("samplefleet_job_samples", "Candidates sampled for the job.", labels=["job_id"])
+        tokens = CounterMetricFamily("samplefleet_job_tokens", "Tokens generated for the job.", labels=["job_id"])
+        rows = CounterMetricFamily("samplefleet_job_rows", "Rows written for the job.", labels=["job_id"])
         samples_rate = GaugeMetricFamily("samplefleet_job_samples_per_second", "Candidates per second over the "
                                          "job's run so far (rate() of samplefleet_job_samples_total for now).",
-                                         labels=["job"])
+                                         labels=["job_id"])
         tokens_rate = GaugeMetricFamily("samplefleet_job_tokens_per_second", "Tokens per second over the job's "
-                                        "run so far.", labels=["job"])
+                                        "run so far.", labels=["job_id"])
+        expired = GaugeMetricFamily("samplefleet_job_expired_leases", "Shards of the job whose lease expired and "
+                                    "was not re-armed yet (the reaper sends them again; stuck if it stays).",
+                                    labels=["job_id"])
+        oldest = GaugeMetricFamily("samplefleet_job_oldest_lease_seconds", "Seconds the longest-held shard of the "
+                                   "job has been with its worker (0 when none is in flight).", labels=["job_id"])
         age = GaugeMetricFamily("samplefleet_job_seconds", "Seconds since the job was submitted (until it "
-                                "finished).", labels=["job"])
+                                "finished).", labels=["job_id"])
         for job in jobs:
             current = job.status
             for name in sorted({*JOB_STATES, current}):
@@ -189,14 +201,17 @@ class FleetCollector(Collector):
             failed.add_metric([job.job_id], len(job.failed))
             in_flight.add_metric([job.job_id], sum(n for (_, state), n in held.items() if state == "in_flight"))
             requeued.add_metric([job.job_id], job.requeues)
+            expired.add_metric([job.job_id], sum(lease["expires_in"] <= 0 for lease in job.running.values()))
+            oldest.add_metric([job.job_id], max((lease["age"] for lease in job.running.values()
+                                                 if lease["state"] == LeaseState.RUNNING.value), default=0))
             seconds = max(job.seconds, 1e-9)
             for family, rate, key in ((samples, samples_rate, "candidates"), (tokens, tokens_rate, "tokens")):
                 family.add_metric([job.job_id], job.counters.get(key, 0))
                 rate.add_metric([job.job_id], job.counters.get(key, 0) / seconds)
             rows.add_metric([job.job_id], job.counters.get("rows", 0))
             age.add_metric([job.job_id], job.seconds)
-        yield from (status, shards, stage, failed, in_flight, requeued, samples, tokens, rows, samples_rate,
-                    tokens_rate, age)
+        yield from (status, shards, stage, failed, in_flight, requeued, expired, oldest, samples, tokens, rows,
+                    samples_rate, tokens_rate, age)
 
     def _worker_metrics(self, snap: Snapshot) -> Iterator[Metric]:
         busy = set().union(*(live_holders(job) for job in snap.jobs))

@@ -19,7 +19,7 @@ SIMULATED = ["--model", "sim-model", "--sampler_engine", "simulated", "--num_ret
              "--max_new_tokens", "4", "--shard_size", "2", "--no_progress"]
 
 
-def _scrape(port: int, timeout: float = 10) -> str:
+def scrape(port: int, timeout: float = 10) -> str:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout) as reply:
         return reply.read().decode()
 
@@ -29,7 +29,8 @@ def _samples(text: str) -> dict[tuple[str, frozenset], float]:
             for family in text_string_to_metric_families(text) for s in family.samples}
 
 
-def _exporter(broker: str, tmp_path) -> tuple[subprocess.Popen, int]:
+def start_exporter(broker: str, tmp_path) -> tuple[subprocess.Popen, int]:
+    """`producer metrics` as a process on a free port, once it answers a scrape (tests/test_prometheus.py too)."""
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "producer", "metrics", "--port", str(port)], cwd=ROOT,
                             env=fleet_env(broker), stdout=(tmp_path / "exporter.log").open("w"),
@@ -37,7 +38,7 @@ def _exporter(broker: str, tmp_path) -> tuple[subprocess.Popen, int]:
     deadline = time.monotonic() + 30
     while True:
         try:
-            _scrape(port)
+            scrape(port)
             return proc, port
         except OSError:
             if proc.poll() is not None or time.monotonic() > deadline:
@@ -52,9 +53,9 @@ def test_every_metric_has_help_and_type_and_the_job_reads_right(tmp_path, redis_
                   broker=redis_server.url, cwd=tmp_path)
     assert job.returncode == 0, job.stderr[-2000:]
     job_id = job.stdout.split()[0]
-    exporter, port = _exporter(redis_server.url, tmp_path)
+    exporter, port = start_exporter(redis_server.url, tmp_path)
     try:
-        text = _scrape(port)
+        text = scrape(port)
         families = list(text_string_to_metric_families(text))
         for family in families:  # the parser makes a family "unknown" with no text when HELP/TYPE are missing
             assert family.type != "unknown" and family.documentation, family.name
@@ -69,13 +70,15 @@ def test_every_metric_has_help_and_type_and_the_job_reads_right(tmp_path, redis_
             return got[(name, frozenset(labels.items()))]
 
         assert value("samplefleet_redis_up", role="broker") == 1 and value("samplefleet_redis_up", role="state") == 1
-        assert value("samplefleet_job_status", job=job_id, status="done") == 1
-        assert value("samplefleet_job_status", job=job_id, status="running") == 0  # done is not "running 0" alone
-        assert value("samplefleet_job_shards", job=job_id) == 3
-        assert value("samplefleet_job_stage_shards", job=job_id, stage="aggregate", state="done") == 3
-        assert value("samplefleet_job_stage_shards", job=job_id, stage="generate", state="failed") == 0
-        assert value("samplefleet_job_samples_total", job=job_id) == 10
-        assert value("samplefleet_job_samples_per_second", job=job_id) > 0
+        assert value("samplefleet_scrape_complete") == 1
+        assert not any(labels and "job" in dict(labels) for _, labels in got)  # Prometheus's own label, never ours
+        assert value("samplefleet_job_status", job_id=job_id, status="done") == 1
+        assert value("samplefleet_job_status", job_id=job_id, status="running") == 0  # done is not "running 0" alone
+        assert value("samplefleet_job_shards", job_id=job_id) == 3
+        assert value("samplefleet_job_stage_shards", job_id=job_id, stage="aggregate", state="done") == 3
+        assert value("samplefleet_job_stage_shards", job_id=job_id, stage="generate", state="failed") == 0
+        assert value("samplefleet_job_samples_total", job_id=job_id) == 10
+        assert value("samplefleet_job_samples_per_second", job_id=job_id) > 0
         assert value("samplefleet_queue_depth", queue="generate.sim-model") == 0  # the model's own queue is there
         assert value("samplefleet_worker_up", worker=worker.name, seen="ping") == 1
         assert value("samplefleet_workers_alive") >= 1
@@ -86,10 +89,11 @@ def test_every_metric_has_help_and_type_and_the_job_reads_right(tmp_path, redis_
 
         redis_server.stop()
         started = time.monotonic()
-        down = _samples(_scrape(port, timeout=5))
+        down = _samples(scrape(port, timeout=5))
         assert time.monotonic() - started < 2.0
         assert down[("samplefleet_redis_up", frozenset({"role": "broker"}.items()))] == 0
         assert down[("samplefleet_redis_up", frozenset({"role": "state"}.items()))] == 0
+        assert down[("samplefleet_scrape_complete", frozenset())] == 0  # Redis refusing connections: incomplete
         assert exporter.poll() is None
     finally:
         exporter.terminate()
@@ -110,12 +114,14 @@ def test_a_shard_in_flight_counts_its_worker_alive(tmp_path, redis_server, worke
     reg = registry(Fleet(redis_server.url))
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        if reg.get_sample_value("samplefleet_job_in_flight_shards", {"job": job_id}):
+        if reg.get_sample_value("samplefleet_job_in_flight_shards", {"job_id": job_id}):
             break
         time.sleep(0.3)
     assert reg.get_sample_value("samplefleet_job_stage_shards",
-                                {"job": job_id, "stage": "generate", "state": "in_flight"}) == 1
+                                {"job_id": job_id, "stage": "generate", "state": "in_flight"}) == 1
     assert reg.get_sample_value("samplefleet_worker_up", {"worker": worker.name, "seen": "lease"}) == 1
+    assert reg.get_sample_value("samplefleet_job_oldest_lease_seconds", {"job_id": job_id}) >= 0
+    assert reg.get_sample_value("samplefleet_job_expired_leases", {"job_id": job_id}) == 0  # renewed: not stuck
     assert reg.get_sample_value("samplefleet_workers_busy") == 1
     busy = _health(worker.name, redis_server.url)  # the probe of compose and Kubernetes: a busy worker lives
     assert busy.returncode == 0 and "alive (lease)" in busy.stdout, busy.stderr
@@ -150,4 +156,4 @@ def test_the_grafana_dashboard_queries_only_metrics_the_exporter_serves(redis_se
         for target in panel["targets"]:
             queried |= set(re.findall(r"samplefleet_[a-z_]+", target["expr"]))
     assert queried and queried <= served, queried - served
-    assert {v["name"] for v in dashboard["templating"]["list"]} == {"datasource", "job"}
+    assert {v["name"] for v in dashboard["templating"]["list"]} == {"datasource", "job_id"}
