@@ -22,6 +22,8 @@ BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 RESULTS = BENCH / "results"
 PY = sys.executable
+if str(REPO) not in sys.path:  # the scripts here run as `python bench/X.py`: the project's packages too
+    sys.path.insert(0, str(REPO))
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
            "TOKENIZERS_PARALLELISM": "false"}
 
@@ -83,12 +85,15 @@ class Fleet:
             stop(self.redis)
         shutil.rmtree(self.workdir, ignore_errors=True)
 
-    def worker(self, queues: str, name: str, **env: str) -> subprocess.Popen:
-        """Start one `celery worker --pool solo` serving ``queues``; not waited for (see ``ready``)."""
+    def worker(self, queues: str, name: str, *, pool: str = "solo", concurrency: int = 1, loglevel: str = "INFO",
+               **env: str) -> subprocess.Popen:
+        """Start one `celery worker --pool POOL` serving ``queues`` (``concurrency`` tasks at once with the threads
+        or gevent pool); not waited for (see ``ready``)."""
         log = (self.workdir / f"{name}.log").open("w")
+        size = [] if pool == "solo" else ["--concurrency", str(concurrency)]
         self.workers[name] = subprocess.Popen(
-            [PY, "-m", "celery", "-A", "workers.app", "worker", "--pool", "solo", "-Q", queues, "-n",
-             f"{name}@127.0.0.1", "--loglevel", "INFO", "--without-mingle", "--without-gossip"],
+            [PY, "-m", "celery", "-A", "workers.app", "worker", "--pool", pool, *size, "-Q", queues, "-n",
+             f"{name}@127.0.0.1", "--loglevel", loglevel, "--without-mingle", "--without-gossip"],
             cwd=REPO, env=self.env(**env), stdout=log, stderr=subprocess.STDOUT)
         return self.workers[name]
 
@@ -114,7 +119,9 @@ class Fleet:
                               capture_output=True, text=True, check=True, **kwargs)
 
     def job(self, job_id: str) -> dict[str, str]:
-        return {k.decode(): v.decode() for k, v in self.db.hgetall(f"samplefleet:job:{job_id}").items()}
+        from schemas.state import Keys
+
+        return {k.decode(): v.decode() for k, v in self.db.hgetall(Keys(job_id).job).items()}
 
     def wait_job(self, job_id: str, timeout: float = 1800, poll: float = 0.1, on_poll=None) -> dict[str, str]:
         """Poll until the job has finished; its record. ``on_poll()`` runs at every poll (e.g. a queue sampler)."""

@@ -34,11 +34,13 @@ def submit_args(args, size: int, out: str) -> list[str]:
 
 
 def run_once(fleet: Fleet, args, size: int, rnd: int) -> dict:
+    from schemas.state import Keys
+
     seen = len(fleet.log("generator"))
     argv = submit_args(args, size, str(fleet.workdir / f"out-{size}-{rnd}"))
     job_id = job_id_of(fleet.producer(*argv).stdout)
     job = fleet.wait_job(job_id, poll=0.1)
-    counters = {k.decode(): int(v) for k, v in fleet.db.hgetall(f"samplefleet:job:{job_id}:counters").items()}
+    counters = {k.decode(): int(v) for k, v in fleet.db.hgetall(Keys(job_id).counters).items()}
     seconds = float(job["finished"]) - float(job["created"])
     tasks = [float(t) for t in TASK_TIME.findall(fleet.log("generator")[seen:])]
     return {"shard_size": size, "round": rnd, "status": job["status"], "shards": int(job["shards"]),

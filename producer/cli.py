@@ -11,7 +11,7 @@ import warnings
 from pathlib import Path
 
 from producer.options import SWIFT_OPTIONS, add_job_options, spec_from_args
-from producer.submit import run_local
+from producer.submit import check_scoring, run_local
 from schemas import JobSpec
 from schemas.errors import ConfigError, SampleFleetError
 from schemas.fleet import tls_options
@@ -109,8 +109,11 @@ def _fleet(args: argparse.Namespace):
     if not args.broker:
         raise ConfigError(f"`producer {args.command}` needs a fleet: pass --broker redis://HOST:PORT/DB "
                           "or set SAMPLEFLEET_BROKER_URL")
-    if args.broker.split("://", 1)[0] not in ("redis", "rediss", "unix"):
-        raise ConfigError(f"--broker {redact(args.broker)}: not a Redis URL; expected redis://, rediss:// or unix://")
+    scheme, env = args.broker.split("://", 1)[0], settings()
+    rabbitmq = scheme in ("amqp", "amqps", "pyamqp") and env.state_url and env.result_url  # job state stays in Redis
+    if scheme not in ("redis", "rediss", "unix") and not rabbitmq:
+        raise ConfigError(f"--broker {redact(args.broker)}: not a Redis URL; expected redis://, rediss:// or unix:// "
+                          "(or amqp:// for RabbitMQ, with SAMPLEFLEET_STATE_URL and SAMPLEFLEET_RESULT_URL on Redis)")
     try:
         tls_options(args.broker)  # a bad ssl_cert_reqs fails here, not when the first task is sent
         return Fleet.from_settings(args.broker)
@@ -122,6 +125,7 @@ def submit(args: argparse.Namespace) -> int:
     progress = not args.no_progress
     spec = args.spec = spec_from_args(args)  # kept for the error message: how to resume this very run
     if args.broker:
+        check_scoring(spec)  # before the broker is reached: a typo in a name costs no connection
         fleet = _fleet(args)
         job_id = fleet.submit(spec)
         print(job_id)

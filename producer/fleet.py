@@ -23,7 +23,7 @@ from celery import Celery
 from celery.exceptions import TimeoutError as CeleryTimeout
 
 from producer.datasets import PromptStream
-from producer.submit import absolute_paths, cut_shards, part_size
+from producer.submit import absolute_paths, check_scoring, cut_shards, part_size
 from schemas import JobSpec
 from schemas.errors import ConfigError, DataError, OutputError, SampleFleetError, TransientError
 from schemas.fleet import (QUEUE_AGGREGATE, QUEUE_CONTROL, QUEUE_SCORE, TASK_GENERATE, TASK_OPEN, celery_settings,
@@ -90,7 +90,7 @@ class Fleet:
     # --- submit ----------------------------------------------------------------------------------------------
 
     def submit(self, spec: JobSpec, *, open_timeout: float | None = None) -> str:
-        """Check data and output, record the job, enqueue every shard not already done; the job id.
+        """Check reward models, data and output, record the job, enqueue every shard not done yet; the job id.
 
         ``open_timeout`` (default SAMPLEFLEET_OPEN_TIMEOUT): how long a worker may take to check the output.
         """
@@ -102,6 +102,7 @@ class Fleet:
         if total == 0:
             raise ConfigError(f"no prompts in {', '.join(map(str, spec.datasets))}")
         prompts = part_size(spec, total)
+        check_scoring(spec)
         if prompts == 0:
             raise ConfigError(f"--data_range {spec.data_range[0]} {spec.data_range[1]}: this part of the {total} "
                               "prompts is empty")
@@ -178,6 +179,8 @@ class Fleet:
         ("('JOB', SHARD, ..."). A task a worker took but has not begun is not counted: if that worker is alive
         it begins at once (and a copy sent now finds its lease), if it died, its task is lost until the
         visibility timeout, so sending it again is right."""
+        if urlsplit(self.broker).scheme not in ("redis", "rediss", "unix"):
+            return set()  # RabbitMQ's queues cannot be read without taking the messages: a copy sent again skips
         broker = redis.Redis.from_url(self.broker, **redis_options())
         pattern = re.compile(r"\('" + re.escape(record.id) + r"', (\d+)")
         found: set[int] = set()
@@ -209,7 +212,13 @@ class Fleet:
             counters=state.counters(), scored=record.spec.scored)
 
     def list(self) -> list["JobStatus"]:
-        return [self.status(j.decode()) for j in self.db.zrevrange(Keys.jobs, 0, -1)]
+        out = []
+        for job_id in self.db.zrevrange(Keys.jobs, 0, -1):
+            try:
+                out.append(self.status(job_id.decode()))
+            except ConfigError:  # its keys expired (SAMPLEFLEET_FINISHED_TTL); the reaper drops it from the index
+                continue
+        return out
 
     def cancel(self, job_id: str) -> None:
         """Workers skip the job's remaining tasks; finished parts stay where they are. A finished job is refused."""

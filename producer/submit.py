@@ -65,6 +65,11 @@ def absolute_paths(spec: JobSpec) -> JobSpec:
                                    "cache_files": [absolute(p) for p in spec.cache_files]})
 
 
+def check_scoring(spec: JobSpec) -> None:
+    """The reward-model checks (``workers.scoring.preflight``), imported only when a job is submitted."""
+    importlib.import_module("workers.scoring.preflight").check_scoring(spec)
+
+
 def part_size(spec: JobSpec, total: int) -> int:
     """Prompts in this job's --data_range part of ``total`` (all of them without one)."""
     start, stop = part_bounds(spec, total)
@@ -78,6 +83,7 @@ def run_local(spec: JobSpec, *, progress: bool = True) -> RunResult:
     models; the backend asks for its result (``plan``) before it opens the output, so bad data still fails
     before anything is sampled or written.
     """
+    check_scoring(spec)  # a bad reward-model name, plugin or option: before any count, model or bar
     started = time.perf_counter()
     stream = PromptStream(spec)
     job = job_id(spec)

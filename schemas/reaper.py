@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from schemas.fleet import QUEUE_AGGREGATE, TASK_FINALISE
 from schemas.settings import Settings
-from schemas.state import JobState, Keys, Status, active_jobs
+from schemas.state import JobState, Keys, Status, active_jobs, forget_expired
 
 if TYPE_CHECKING:  # the local run needs no Redis client installed
     import redis
@@ -32,7 +32,8 @@ class Reaper:
         return self.sweep() if held else 0
 
     def sweep(self) -> int:
-        """One pass over the running jobs; the tasks sent."""
+        """One pass over the running jobs (finished ones cost nothing: their keys expire); the tasks sent."""
+        forget_expired(self.db, self.env.finished_ttl)
         sent = 0
         for job_id in active_jobs(self.db):
             state = JobState(self.db, job_id)

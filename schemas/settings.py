@@ -37,6 +37,9 @@ class Settings(BaseSettings):
                                  "its shard.")
     max_attempts: int = Field(3, ge=1, description="Failed attempts after which a shard is marked failed.")
     finalise_timeout: int = Field(1800, ge=1, description="Seconds a finaliser may hold the job's lock.")
+    finished_ttl: int = Field(7 * 24 * 3600, ge=0, description="Seconds a finished (done, partial or cancelled) "
+                              "job's keys stay in Redis for `producer status`, `list` and `resume` (resuming "
+                              "keeps them again); then they expire (0: kept forever).")
     open_timeout: float = Field(60.0, gt=0, description="Seconds the producer waits for a worker to check a "
                                 "new job's output location.")
     preload_model: str | None = Field(None, description="Model a worker loads at start (fails fast if it cannot).")

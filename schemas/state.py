@@ -50,7 +50,12 @@ class LeaseState(str, enum.Enum):
 
 
 class Keys:
-    """Every Redis key of the fleet (all under ``samplefleet:``)."""
+    """Every Redis key of the fleet (all under ``samplefleet:``).
+
+    A job's keys carry its id as a hash tag (``samplefleet:job:{ID}...``), so Redis Cluster would keep them in
+    one slot and each per-job script stays single-slot; the four index keys below are the cross-slot part
+    (README's Scaling section).
+    """
 
     jobs = f"{KEY_PREFIX}:jobs"  # sorted set: job id -> created time
     active = f"{KEY_PREFIX}:active"  # set: jobs running now (the reaper looks only at these)
@@ -58,7 +63,7 @@ class Keys:
     reaper = f"{KEY_PREFIX}:reaper"  # lock: one reaper at work at a time
 
     def __init__(self, job_id: str) -> None:
-        base = f"{KEY_PREFIX}:job:{job_id}"
+        base = f"{KEY_PREFIX}:job:{{{job_id}}}"
         self.job = base  # hash: the JobRecord's fields
         self.stage = {stage: f"{base}:{stage}" for stage in STAGES}  # sets: shards whose stage is done
         self.failed = f"{base}:failed"  # hash: shard -> error (never holds an aggregated shard)
@@ -72,8 +77,12 @@ class Keys:
         self.finalising = f"{base}:finalising"  # lock: one aggregator assembles the output
 
     def all(self) -> list[str]:
+        return [*self.kept(), self.finalising]
+
+    def kept(self) -> list[str]:
+        """The job's keys but its finaliser's lock: what a finished job keeps until SAMPLEFLEET_FINISHED_TTL."""
         return [self.job, *self.stage.values(), self.failed, self.attempts, self.deliveries, self.leases,
-                self.expiry, self.requeued, self.fingerprint, self.counters, self.finalising]
+                self.expiry, self.requeued, self.fingerprint, self.counters]
 
 
 _JSON_FIELDS = ("spec", "bad_rows", "engine")  # JobRecord fields kept as JSON in the hash; the rest as text
@@ -140,6 +149,12 @@ class Begin(BaseModel):
 def _per_wave(name: str | int, wave: int) -> str:
     """What a count is kept under for one adaptive wave (``name`` as is for wave 0, as a fixed-N job has it)."""
     return f"{name}.wave{wave}" if wave else str(name)
+
+
+def _finished_ttl() -> int:
+    from schemas.settings import settings  # here: the local run imports this module without the fleet's settings
+
+    return settings().finished_ttl
 
 
 def _now(db: redis.Redis) -> float:
@@ -275,26 +290,38 @@ redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), ARGV[1])
 return held
 """
 
-# KEYS: job, active. ARGV: status, finished, output. Only a running job finishes.
-_FINISH = """
+# A finished job's keys (KEYS[3] on) expire after ARGV[1] seconds (0: never), so Redis memory is freed.
+_LUA_EXPIRE = """
+local function expire_job(ttl)
+  if tonumber(ttl) > 0 then
+    for i = 3, #KEYS do redis.call('EXPIRE', KEYS[i], ttl) end
+  end
+end
+"""
+
+# KEYS: job, active, the job's kept keys (the job first). ARGV: TTL, status, finished, output. Only a running
+# job finishes.
+_FINISH = _LUA_EXPIRE + """
 if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return 0 end
-redis.call('HSET', KEYS[1], 'status', ARGV[1], 'finished', ARGV[2], 'output', ARGV[3])
+redis.call('HSET', KEYS[1], 'status', ARGV[2], 'finished', ARGV[3], 'output', ARGV[4])
 redis.call('SREM', KEYS[2], KEYS[1])
+expire_job(ARGV[1])
 return 1
 """
 
-# KEYS: job, active. Refused (returns the status) unless the job is running.
-_CANCEL = """
+# KEYS: job, active, the job's kept keys. ARGV: TTL. Refused (returns the status) unless the job is running.
+_CANCEL = _LUA_EXPIRE + """
 local status = redis.call('HGET', KEYS[1], 'status')
 if status ~= 'running' then return status or 'unknown' end
 redis.call('HSET', KEYS[1], 'status', 'cancelled')
 redis.call('SREM', KEYS[2], KEYS[1])
+expire_job(ARGV[1])
 return 'running'
 """
 
-# KEYS: job, aggregate set, failed, attempts, deliveries, leases, expiry, active
+# KEYS: job, aggregate set, failed, attempts, deliveries, leases, expiry, active, then the job's other kept keys
 # ARGV: status read by the caller, shard count, then the shards whose task waits in the broker.
-# Reopens the job; returns the shards to send again: those neither aggregated, nor under a live lease, nor
+# Reopens the job (its keys no longer expire); returns the shards to send again: those neither aggregated, nor under a live lease, nor
 # waiting in the broker. Or {-1, status} when the job changed since the caller read it, or is done.
 _RESUME = _LUA_NOW + """
 local status = redis.call('HGET', KEYS[1], 'status')
@@ -317,6 +344,7 @@ redis.call('DEL', KEYS[3], KEYS[4], KEYS[5])
 redis.call('HSET', KEYS[1], 'status', 'running')
 redis.call('HDEL', KEYS[1], 'finished')
 redis.call('SADD', KEYS[8], KEYS[1])
+for i = 1, #KEYS do redis.call('PERSIST', KEYS[i]) end
 return out
 """
 
@@ -439,8 +467,10 @@ class JobState:
         return {int(i) for i in self.db.smembers(self.keys.stage["aggregate"])}
 
     def finish(self, status: Status, output: str) -> bool:
-        """Mark the running job finished; False when it was not running (finished or cancelled meanwhile)."""
-        return bool(self._lua["finish"](keys=[self.keys.job, Keys.active], args=[status.value, time.time(), output]))
+        """Mark the running job finished, its keys to expire; False when it was not running (finished or
+        cancelled meanwhile)."""
+        return bool(self._lua["finish"](keys=[self.keys.job, Keys.active, *self.keys.kept()],
+                                        args=[_finished_ttl(), status.value, time.time(), output]))
 
     def finalise_failed(self, error: str) -> None:
         pipe = self.db.pipeline()
@@ -454,7 +484,7 @@ class JobState:
 
     def cancel(self) -> None:
         """Workers skip the job's remaining tasks; refused for a finished job."""
-        was = self._lua["cancel"](keys=[self.keys.job, Keys.active])
+        was = self._lua["cancel"](keys=[self.keys.job, Keys.active, *self.keys.kept()], args=[_finished_ttl()])
         was = was.decode() if isinstance(was, bytes) else was
         if was != Status.RUNNING.value:
             raise StateError(f"job {self.id} is {was}: only a running job can be cancelled")
@@ -463,8 +493,9 @@ class JobState:
         """Reopen the job; the shards to send again (``waiting``: those whose task is in the broker). See
         ``_RESUME``."""
         k = self.keys
-        out = self._lua["resume"](keys=[k.job, k.stage["aggregate"], k.failed, k.attempts, k.deliveries, k.leases,
-                                        k.expiry, Keys.active], args=[status.value, shards, *waiting])
+        first = [k.job, k.stage["aggregate"], k.failed, k.attempts, k.deliveries, k.leases, k.expiry]
+        out = self._lua["resume"](keys=[*first, Keys.active, *(key for key in k.kept() if key not in first)],
+                                  args=[status.value, shards, *waiting])
         if out and out[0] == -1:
             now = out[1].decode() if isinstance(out[1], bytes) else out[1]
             raise StateError(f"job {self.id} is {now}: nothing to resume" if now == "done" else
@@ -507,7 +538,22 @@ class JobState:
         return out
 
 
+def forget_expired(db: redis.Redis, ttl: int) -> int:
+    """Drop from the job index the jobs whose keys expired (SAMPLEFLEET_FINISHED_TTL); how many. Only a job
+    created more than ``ttl`` seconds ago can have expired, so a pass reads only those, not every job."""
+    if ttl <= 0:
+        return 0
+    old = db.zrangebyscore(Keys.jobs, "-inf", time.time() - ttl)
+    pipe = db.pipeline(transaction=False)
+    for job_id in old:
+        pipe.exists(Keys(job_id.decode()).job)
+    gone = [job_id for job_id, alive in zip(old, pipe.execute()) if not alive]
+    if gone:
+        db.zrem(Keys.jobs, *gone)
+    return len(gone)
+
+
 def active_jobs(db: redis.Redis) -> list[str]:
     """Ids of the running jobs."""
     prefix = f"{KEY_PREFIX}:job:"
-    return [key.decode().removeprefix(prefix) for key in db.smembers(Keys.active)]
+    return [key.decode().removeprefix(prefix).strip("{}") for key in db.smembers(Keys.active)]

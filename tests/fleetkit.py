@@ -144,7 +144,8 @@ class Workers:
     def wait_ready(self, worker: Worker, timeout: float = 120) -> None:
         from producer.fleet import Fleet
 
-        control = Fleet(self.broker).celery.control
+        env = worker.env  # job state and results may live apart from the broker (a RabbitMQ broker has neither)
+        control = Fleet(self.broker, env.get("SAMPLEFLEET_STATE_URL"), env.get("SAMPLEFLEET_RESULT_URL")).celery.control
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if worker.proc.poll() is not None:

@@ -226,4 +226,4 @@ def test_settings_name_the_variable_of_a_bad_value(monkeypatch):
     monkeypatch.delenv("SAMPLEFLEET_LEASE_RENEW")
     env = settings()
     assert (env.lease_renew, env.lease_expire, env.reap_interval) == (5, 30, 5)
-    assert Keys("x").job == "samplefleet:job:x"
+    assert Keys("x").job == "samplefleet:job:{x}"  # the id is a hash tag: one Redis Cluster slot per job

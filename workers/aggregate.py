@@ -12,6 +12,7 @@ carries its prompts' statistics (``workers.stats``), so fleet and embedded runs 
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from schemas import Candidate, GeneratedShard, Generation, JobSpec, Message, OutputRow, ShardSummary
@@ -23,13 +24,18 @@ ORM_WEIGHT = 10.0
 
 
 def _normalised(values: list[float | None]) -> list[float]:
-    """swift's normalize_rewards: min-max within the prompt; a constant is kept (capped at 1); absent -> 1."""
+    """swift's normalize_rewards: min-max within the prompt; a constant is kept (capped at 1); absent -> 1.
+
+    Any finite scores: two more than the float range apart are halved first (same order, no overflow)."""
     if any(v is None for v in values):
         return [1.0] * len(values)
     low, high = min(values), max(values)
     if low == high:
         return [min(1.0, low)] * len(values)
-    return [(v - low) / (high - low + 1e-5) for v in values]
+    span = high - low
+    if math.isinf(span):
+        values, low, span = [v / 2 for v in values], low / 2, high / 2 - low / 2
+    return [(v - low) / (span + 1e-5) for v in values]
 
 
 def _row(gen: Generation, cand: Candidate, rejected: str | None, spec: JobSpec) -> OutputRow:
@@ -69,7 +75,9 @@ def select(spec: JobSpec, gen: Generation) -> Selection | str:
         if sampled and sum(sampled) / len(sampled) >= spec.easy_query_threshold:
             return f"too easy: {sum(sampled)}/{len(sampled)} candidates pass the ORM"
     rank = [p + ORM_WEIGHT * o for p, o in zip(_normalised(prm), _normalised(orm))]
-    order = sorted(range(len(cands)), key=lambda i: -rank[i])  # stable: ties keep sampling order
+    # swift's blend first; where rounding makes it tie (scores far apart in magnitude), the raw ORM, then PRM
+    # score decides, so the order is exactly the scores' order; stable: true ties keep sampling order
+    order = sorted(range(len(cands)), key=lambda i: (-rank[i], -(orm[i] or 0.0), -(prm[i] or 0.0)))
     failing = [i for i in order if use_orm and not cands[i].scores.orm_pass]
     rejected = failing[-1] if failing else order[-1]
     chosen = [i for i in order if passed[i] and i != rejected][: spec.n_best]

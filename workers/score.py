@@ -8,6 +8,7 @@ it as unscorable); the rest of the shard goes on.
 from __future__ import annotations
 
 import logging
+import math
 import time
 
 from schemas import Candidate, GeneratedShard, Generation, JobSpec, Scores
@@ -37,8 +38,8 @@ class Scorer:
     def __init__(self, spec: JobSpec) -> None:
         registries = load_plugins(spec.external_plugins)
         self.spec = spec
-        # several ORMs (--orm_model math,format): each built from its own view of the spec, see _one_orm
-        self.orms = {name: registries.orms.create(name, _one_orm(spec, name)) for name in spec.orm_names}
+        # several ORMs (--orm_model math,format): each built from its own view of the spec, see one_orm
+        self.orms = {name: registries.orms.create(name, one_orm(spec, name)) for name in spec.orm_names}
         self.prm = load_prm(spec, registries.prms) if spec.prm_model else None
 
     def close(self) -> None:
@@ -60,6 +61,7 @@ class Scorer:
         todo: dict[tuple[int, str], int] = {}  # (generation, text) -> request index
         requests: list[InferRequest] = []
         truths: list[str | None] = []
+        labels: list[str] = []  # each request's prompt, for a bad score's message
         scorable: set[int] = set()
         for g, gen in enumerate(shard.generations):
             if gen.skipped or (needs_truth and gen.prompt.ground_truth is None):
@@ -70,11 +72,12 @@ class Scorer:
                 if (g, cand.text) not in todo:
                     todo[(g, cand.text)] = len(requests)
                     requests.append(InferRequest(messages=[*turns, {"role": "assistant", "content": cand.text}],
-                                                 columns=gen.prompt.extra))
+                                                 columns=gen.prompt.extra, tokens=cand.tokens or None))
                     truths.append(gen.prompt.ground_truth)
-        parts = {name: self._run(model, name, requests, truths) for name, model in self.orms.items()}
+                    labels.append(f"prompt {gen.prompt.id!r}, {gen.prompt.source}")
+        parts = {name: self._run(model, name, requests, truths, labels) for name, model in self.orms.items()}
         orm = _weighted(self.spec, parts, len(requests))
-        prm = self._run(self.prm, self.spec.prm_model, requests, truths)
+        prm = self._run(self.prm, self.spec.prm_model, requests, truths, labels)
         generations = []
         for g, gen in enumerate(shard.generations):
             if g not in scorable:
@@ -95,13 +98,13 @@ class Scorer:
 
     @staticmethod
     def _run(model: RewardModel | None, name: str | None, requests: list[InferRequest],
-             truths: list[str | None]) -> list[float | list[float]]:
+             truths: list[str | None], labels: list[str]) -> list[float | list[float]]:
         if model is None or not requests:
             return []
-        return validate_scores(str(name), model(requests, truths), len(requests), kind="reward model")
+        return validate_scores(str(name), model(requests, truths), len(requests), kind="reward model", labels=labels)
 
 
-def _one_orm(spec: JobSpec, name: str) -> JobSpec:
+def one_orm(spec: JobSpec, name: str) -> JobSpec:
     """The spec as one of several ORMs sees it: its own name, and its own ``--orm_kwargs`` entry
     (``{"math": {"timeout": 5}, "format": {"pattern": "..."}}``) when there are several."""
     if len(spec.orm_names) == 1:
@@ -114,9 +117,12 @@ def _one_orm(spec: JobSpec, name: str) -> JobSpec:
 
 
 def _weighted(spec: JobSpec, parts: dict[str, list], count: int) -> list[float]:
-    """The ORM score that ranks: the one ORM's, or the weighted mean of several (--orm_weights, default equal)."""
+    """The ORM score that ranks: the one ORM's, or the weighted mean of several (--orm_weights, default equal).
+
+    Summed as shares of the total weight (``fsum``), so the mean of finite scores stays finite at any magnitude."""
     if len(parts) <= 1:
         return next(iter(parts.values()), [])
     weights = spec.orm_weights or [1.0] * len(parts)
-    total = sum(weights)
-    return [sum(w * scores[k] for w, scores in zip(weights, parts.values())) / total for k in range(count)]
+    relative = [w / max(weights) for w in weights]
+    shares = [w / math.fsum(relative) for w in relative]
+    return [math.fsum(w * scores[k] for w, scores in zip(shares, parts.values())) for k in range(count)]

@@ -3,7 +3,8 @@
 Computed per prompt in the aggregate stage (so a fleet's aggregator and the embedded run give the same
 lines), stored with the shard's done-marker, concatenated into ``<output name>.stats.jsonl`` by the
 finaliser; the manifest gets the dataset means with bootstrap confidence intervals and fixed-bin
-histograms of lengths and rewards (for ``producer report``).
+histograms of lengths and rewards (for ``producer report``): ``TOKEN_BINS`` and ``SCORE_BINS``, where any finite
+score has a bin (tenths of [-1, 1], a bin per decade beyond, under- and overflow bins past +-1e308).
 
 Answers are compared the way the ORM compares them: every passing candidate matches the reference, so
 all passing candidates are one answer; the others are grouped by their final answer (``math``:
@@ -24,7 +25,7 @@ from schemas import Candidate, Generation, JobSpec, PromptStats, ShardSummary
 from workers.scoring.answers import extract_answer, normalize
 
 #: ORMs that grade a final answer against the reference; the rest do not read one.
-ANSWER_ORMS = ("math", "accuracy")
+ANSWER_ORMS = ("math", "accuracy", "cosine")
 BOOTSTRAP_RESAMPLES = 1000
 _FRAC = re.compile(r"^\\frac\{(-?\d+)\}\{(-?\d+)\}$")
 _PASS = "\0passes"  # the group of every passing candidate
@@ -50,7 +51,7 @@ def _number(answer: str) -> str | None:
 def answer_key(spec: JobSpec) -> Callable[[str], str | None]:
     """How the job's ORM(s) tell answers apart: a candidate text -> its answer's key (None: no answer)."""
     names = spec.orm_names
-    if "math" in names:
+    if "math" in names or "cosine" in names:  # cosine grades with the math ORM
         def key(text: str) -> str | None:
             answer = extract_answer(text)
             return None if answer is None else (_number(normalize(answer)) or normalize(answer))
@@ -93,36 +94,116 @@ def prompt_stats(spec: JobSpec, gen: Generation, stopped: str | None = None) -> 
     c = sum(cand.scores.orm_pass for cand in samples)
     collapse = any(name in ANSWER_ORMS for name in spec.orm_names)
     maj, distinct = _majority(samples, answer_key(spec), collapse)
+    failures = Counter(cand.scores.verdict for cand in samples if cand.scores.verdict and not cand.scores.orm_pass)
     return PromptStats(id=gen.prompt.id, samples=n, correct=c, maj_at_n=maj, distinct_answers=distinct,
-                       pass_at_k={k: round(pass_at_k(n, c, k), 6) for k in spec.stats_ks if k <= n}, stopped=stopped)
+                       pass_at_k={k: round(pass_at_k(n, c, k), 6) for k in spec.stats_ks if k <= n}, stopped=stopped,
+                       failures=dict(failures.most_common()))
 
 
-def _bins(values: Iterable[float], edges: Callable[[float], str]) -> dict[str, int]:
-    return dict(Counter(edges(v) for v in values))
+class BinScheme:
+    """A fixed, documented set of histogram bins: every finite value falls in exactly one, shards' counts add up
+    by label, and labels are ordered by their position in the scheme (a label is never parsed back)."""
+
+    def __init__(self, labels: list[str], which: Callable[[float], int]) -> None:
+        self.labels, self._which = labels, which
+        self._order = {label: i for i, label in enumerate(labels)}
+
+    def label(self, value: float) -> str:
+        return self.labels[self._which(value)]
+
+    def counts(self, values: Iterable[float]) -> dict[str, int]:
+        return dict(Counter(self.label(v) for v in values))
+
+    def ordered(self, counts: dict[str, int]) -> dict[str, int]:
+        """In the scheme's order; a label it does not know (a done-marker of an older version) goes last."""
+        return dict(sorted(counts.items(), key=lambda kv: (self._order.get(kv[0], len(self._order)), kv[0])))
 
 
-def _token_bin(tokens: float) -> str:
-    """Up to a power of two: "1", "2", "4", ... (the bin's upper edge)."""
-    return str(1 << max(0, math.ceil(math.log2(max(tokens, 1)))))
+TOKEN_POWERS = 64
 
 
-def _score_bin(score: float) -> str:
-    """Tenths of [0, 1] by their lower edge ("0.0" ... "0.9", 1.0 in "0.9"), and "<0" / ">1" outside."""
+def _token_index(tokens: float) -> int:
+    return min(TOKEN_POWERS - 1, max(0, math.ceil(math.log2(max(tokens, 1)))))
+
+
+#: Lengths: up to a power of two, labelled by the bin's upper edge ("1", "2", "4", ...).
+TOKEN_BINS = BinScheme([str(1 << k) for k in range(TOKEN_POWERS)], _token_index)
+
+DECADES = 308  # 1e308 is the largest power of ten below the float maximum (~1.8e308)
+
+
+def _fmt(x: float) -> str:
+    return f"{x:g}"
+
+
+def _score_labels() -> list[str]:
+    """From the most negative to the most positive: an underflow bin below -1e308, a bin per decade
+    [-10^(k+1), -10^k) down to [-10, -1), tenths of [-1, 0), tenths of [0, 1] (1.0 in the last), a bin per
+    decade (10^k, 10^(k+1)] from (1, 10] up, and an overflow bin above 1e308."""
+    negative = [f"[{_fmt(-10.0 ** (k + 1))}, {_fmt(-10.0 ** k)})" for k in reversed(range(DECADES))]
+    minus_tenths = [f"[-{(t + 1) / 10:.1f}, {'-' if t else ''}{t / 10:.1f})" for t in reversed(range(10))]
+    tenths = [f"[{t / 10:.1f}, {(t + 1) / 10:.1f}{']' if t == 9 else ')'}" for t in range(10)]
+    positive = [f"({_fmt(10.0 ** k)}, {_fmt(10.0 ** (k + 1))}]" for k in range(DECADES)]
+    return ["< -1e+308", *negative, *minus_tenths, *tenths, *positive, "> 1e+308"]
+
+
+def _decade(magnitude: float) -> int:
+    """k with 10^k < magnitude <= 10^(k+1), for 1 < magnitude <= 1e308 (log10 corrected at exact powers)."""
+    k = min(DECADES - 1, max(0, math.ceil(math.log10(magnitude)) - 1))
+    while k > 0 and 10.0 ** k >= magnitude:
+        k -= 1
+    while k + 1 < DECADES and 10.0 ** (k + 1) < magnitude:
+        k += 1
+    return k
+
+
+def _tenth(magnitude: float, upper_closed: bool) -> int:
+    """t in 0..9 with magnitude in [t/10, (t+1)/10) (or (t/10, (t+1)/10] when ``upper_closed``), edges exact."""
+    t = min(9, max(0, math.floor(magnitude * 10)))
+    if upper_closed:
+        while t > 0 and magnitude <= t / 10:
+            t -= 1
+        while t < 9 and magnitude > (t + 1) / 10:
+            t += 1
+    else:
+        while t > 0 and magnitude < t / 10:
+            t -= 1
+        while t < 9 and magnitude >= (t + 1) / 10:
+            t += 1
+    return t
+
+
+_NEGATIVE, _MINUS_TENTHS = 1, 1 + DECADES
+_TENTHS, _POSITIVE = _MINUS_TENTHS + 10, _MINUS_TENTHS + 20
+
+
+def _score_index(score: float) -> int:
+    if score < -1e308:
+        return 0
+    if score < -1:
+        return _NEGATIVE + DECADES - 1 - _decade(-score)
     if score < 0:
-        return "<0"
-    if score > 1:
-        return ">1"
-    return f"{min(9, int(score * 10)) / 10:.1f}"
+        return _MINUS_TENTHS + 9 - _tenth(-score, upper_closed=True)
+    if score <= 1:
+        return _TENTHS + _tenth(score, upper_closed=False)
+    if score > 1e308:
+        return _POSITIVE + DECADES
+    return _POSITIVE + _decade(score)
+
+
+#: Raw ORM / PRM scores: any finite value has its bin (``_score_labels``), [0, 1] in tenths.
+SCORE_BINS = BinScheme(_score_labels(), _score_index)
+HISTOGRAMS = {"tokens": TOKEN_BINS, "orm": SCORE_BINS, "prm": SCORE_BINS}
 
 
 def histograms(gens: Iterable[Generation]) -> dict[str, dict[str, int]]:
     """Candidate lengths in tokens and raw ORM / PRM scores, counted into fixed bins (mergeable across shards)."""
     samples = [c for g in gens for c in g.candidates if not c.reference]
-    out = {"tokens": _bins((c.tokens for c in samples), _token_bin)}
+    out = {"tokens": TOKEN_BINS.counts(c.tokens for c in samples)}
     for name in ("orm", "prm"):
         values = [getattr(c.scores, name) for c in samples if c.scores is not None]
         if values and all(v is not None for v in values):
-            out[name] = _bins(values, _score_bin)
+            out[name] = SCORE_BINS.counts(values)
     return {k: v for k, v in out.items() if v}
 
 
@@ -131,11 +212,7 @@ def merge_histograms(summaries: list[ShardSummary]) -> dict[str, dict[str, int]]
     for s in summaries:
         for name, counts in s.histograms.items():
             total.setdefault(name, Counter()).update(counts)
-    return {name: dict(sorted(c.items(), key=lambda kv: _bin_order(kv[0]))) for name, c in total.items()}
-
-
-def _bin_order(label: str) -> float:
-    return {"<0": -1.0, ">1": 2.0}.get(label, float(label))
+    return {name: HISTOGRAMS.get(name, SCORE_BINS).ordered(dict(c)) for name, c in total.items()}
 
 
 def _interval(values: list[float], rng: Any) -> list[float]:

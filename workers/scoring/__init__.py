@@ -15,9 +15,15 @@ orms: Registry[RewardModel] = Registry("ORM", "--orm_model", {
     "format": "workers.scoring.orm_kinds:FormatORM.from_spec",
     "repetition": "workers.scoring.orm_kinds:RepetitionORM.from_spec",
     "length": "workers.scoring.orm_kinds:LengthORM.from_spec",
+    "cosine": "workers.scoring.orm_swift:CosineORM.from_spec",
+    "soft_overlong": "workers.scoring.orm_swift:SoftOverlongORM.from_spec",
+    "react_format": "workers.scoring.orm_swift:ReactFormatORM.from_spec",
+    "toolbench": "workers.scoring.orm_swift:ToolBenchORM.from_spec",
 }, plugin=plugin_factory)
 prms: Registry[RewardModel] = Registry("PRM", "--prm_model", {
     "embedding": "workers.scoring.prm_kinds:EmbeddingPRM.from_spec",
+    "client": "workers.scoring.prm_client:ClientPRM.from_spec",
+    "qwen_max": "workers.scoring.prm_client:QwenMaxPRM.from_spec",
 }, plugin=plugin_factory)
 
 __all__ = ["ORM", "PRM", "InferRequest", "RewardModel", "orms", "prms"]

@@ -3,13 +3,15 @@
 The calling convention is swift's (``swift.rewards.ORM`` / ``PRM``), so plugin files carry over: a
 constructor with no required arguments (``__init__(self, args=None, **kwargs)`` is fine), and
 ``__call__(infer_requests, ground_truths, **kwargs)`` returning, per request, a float or a list of per-step
-floats (the minimum counts). Plugin classes need not subclass these: ``workers.scoring.plugins`` adapts
-other conventions (``infer``, GRPO-style ``completions``, chat-completion results).
+floats (the minimum counts): any finite value (logits, lengths, negative penalties), taken as it is. Plugin
+classes need not subclass these: ``workers.scoring.plugins`` adapts other conventions (``infer``, GRPO-style
+``completions``, chat-completion results).
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Any
 
 from schemas.errors import PermanentError
@@ -21,10 +23,12 @@ class InferRequest:
 
     ``messages`` is the prompt's turns followed by the candidate as the last assistant turn; ``columns`` are
     the dataset row's other columns, readable as ``request['solution']`` as in swift, where a request is the row.
+    ``tokens``: the candidate's length in tokens when its engine counted them (None for cached candidates).
     """
 
     messages: list[dict[str, str]]
     columns: dict[str, Any] = field(default_factory=dict)
+    tokens: int | None = None
 
     def __getitem__(self, key: str) -> Any:
         return self.messages if key == "messages" else self.columns[key]
@@ -62,6 +66,13 @@ class RewardModel:
     def close(self) -> None:
         """Free processes or weights; the default holds none."""
 
+    @classmethod
+    def check_spec(cls, spec: Any) -> None:
+        """Refuse bad options before any work (``workers.scoring.preflight``, on the producer): by default the
+        model is built from the spec and closed again, so a built-in's ``from_spec`` must load nothing heavy (no
+        weights, no processes: those start on first use); one that must load weights overrides this."""
+        cls.from_spec(spec).close()  # type: ignore[attr-defined]
+
 
 class ORM(RewardModel):
     """Outcome reward: > 0 means the candidate passes."""
@@ -71,9 +82,20 @@ class PRM(RewardModel):
     """Process reward: higher is better; a list of per-step scores counts by its minimum."""
 
 
-def validate_scores(name: str, scores: Any, expected: int, *, kind: str = "PRM") -> list[Score]:
-    """The one check of a reward model's output: ``expected`` scores, each a number or a non-empty list of
-    numbers, no NaN. Returns them as plain floats; anything else is a PermanentError naming the model."""
+def _number(v: Any) -> float:
+    """One score as a float, as swift's ``float(reward)`` reads it: ints, bools, numpy scalars and numeric
+    strings included; a TypeError or ValueError for anything else, an OverflowError past the float range."""
+    if isinstance(v, bytes) or (hasattr(v, "shape") and getattr(v, "shape", ()) != ()):
+        raise TypeError  # an array is a list of steps only when it came as a list
+    return float(v.strip() if isinstance(v, str) else v)
+
+
+def validate_scores(name: str, scores: Any, expected: int, *, kind: str = "PRM",
+                    labels: Sequence[str] | None = None) -> list[Score]:
+    """The one check of a reward model's output: ``expected`` scores, each a finite number or a non-empty list
+    of finite numbers, taken as they are (any range). Returns them as plain floats; anything else is a
+    PermanentError naming the model, the request (``labels[i]``: its prompt, when the caller knows it) and the
+    value."""
     where = f"{kind} {name!r}"
     if not isinstance(scores, (list, tuple)):
         raise PermanentError(f"{where}: returned {type(scores).__name__}, expected a list of {expected} scores")
@@ -81,19 +103,22 @@ def validate_scores(name: str, scores: Any, expected: int, *, kind: str = "PRM")
         raise PermanentError(f"{where}: returned {len(scores)} scores for {expected} requests")
     out: list[Score] = []
     for i, score in enumerate(scores):
+        of = f" ({labels[i]})" if labels else ""  # the request's prompt
         many = isinstance(score, (list, tuple))
         if many and not score:
-            raise PermanentError(f"{where}: request {i} got an empty list of step scores")
+            raise PermanentError(f"{where}: request {i} got an empty list of step scores{of}")
         values = []
         for v in (score if many else [score]):
             try:
-                if isinstance(v, (bool, str, bytes)):
-                    raise TypeError
-                f = float(v)
+                f = _number(v)
             except (TypeError, ValueError):
-                raise PermanentError(f"{where}: score of request {i} is not a number: {v!r}") from None
+                raise PermanentError(f"{where}: score of request {i} is not a number: {v!r}{of}") from None
+            except OverflowError:
+                raise PermanentError(f"{where}: score of request {i} is beyond the float range: {v!r}{of}") from None
             if math.isnan(f):
-                raise PermanentError(f"{where}: score of request {i} is NaN")
+                raise PermanentError(f"{where}: score of request {i} is NaN{of}")
+            if math.isinf(f):
+                raise PermanentError(f"{where}: score of request {i} is not finite: {v!r}{of}")
             values.append(f)
         out.append(values if many else values[0])
     return out

