@@ -11,6 +11,7 @@ import base64
 import html
 import io
 import json
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -142,6 +143,20 @@ def _summary(manifest: dict[str, Any]) -> str:
             + _table(rows, ("metric", "mean [95% CI]")))
 
 
+def _failures(stats: list[dict[str, Any]], shown: int = 20) -> str:
+    """The code ORM's verdicts over the run: failing samples per limit or kind, then the commonest reasons."""
+    reasons: Counter[str] = Counter()
+    for line in stats:
+        reasons.update(line.get("failures") or {})
+    if not reasons:
+        return ""
+    kinds: Counter[str] = Counter()
+    for why, count in reasons.items():
+        kinds[why.split(":")[0]] += count
+    return ("<h2>Why candidates failed the tests</h2>" + _table(kinds.most_common(), ("verdict", "samples"))
+            + _table(reasons.most_common(shown), ("failing test or limit", "samples")))
+
+
 def render(run: Run) -> str:
     """The whole page as one HTML string."""
     m = run.manifest
@@ -163,7 +178,7 @@ td,th{{border:1px solid #bbb;padding:2px 8px;text-align:left;font-size:13px}} fi
 figcaption{{font-size:13px;color:#555}}</style></head>
 <body><h1>{title}</h1>
 <p>Status: <b>{html.escape(str(m.get("status", "?")))}</b>; output {html.escape(str(run.output))}</p>
-<h2>Statistics</h2>{_summary(m)}
+<h2>Statistics</h2>{_summary(m)}{_failures(run.stats)}
 <h2>Charts</h2>{images or "<p>No data to draw.</p>"}
 <h2>Counts and timings</h2>{counts}
 <h2>Prompts that got no row ({len(left_out)})</h2>{listed if left_out else "<p>None.</p>"}

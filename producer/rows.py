@@ -2,7 +2,7 @@
 
 Layouts (checked in this order): ``messages``; sharegpt ``conversations``;
 ``query``/``response`` (+ ``history``, ``system``); alpaca ``instruction``/
-``input``/``output``; ``problem``/``solution``. The reference answer is the
+``input``/``output``; ``problem``, ``prompt`` or ``question`` (+ ``solution``). The reference answer is the
 last assistant turn when the row ends with one, else a ``solution``/``answer``/
 ``response`` column. Prompt-only rows are fine.
 """
@@ -87,10 +87,11 @@ def _layout(row: dict[str, Any], where: str) -> tuple[list[Message], set[str]]:
         if (output := _answer(row, "output")) is not None:
             turns.append(Message(role="assistant", content=output))
         return turns, {"instruction", "input", "output"}
-    if "problem" in row:
-        return [Message(role="user", content=_text(row, "problem", where) or "")], {"problem"}
+    for column in ("problem", "prompt", "question"):  # prompt: HumanEval; question: APPS, TACO (swift reads both)
+        if column in row:
+            return [Message(role="user", content=_text(row, column, where) or "")], {column}
     raise DataError(f"{where}: no prompt found; expected one of the columns messages, conversations, "
-                    f"query, instruction, problem (got {', '.join(sorted(row)) or 'none'})")
+                    f"query, instruction, problem, prompt, question (got {', '.join(sorted(row)) or 'none'})")
 
 
 def normalise(row: Any, *, index: int, where: str, system: str | None) -> Prompt:

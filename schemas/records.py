@@ -78,6 +78,8 @@ class Scores(_Record):
     prm_steps: list[float] | None = None
     orms: dict[str, float] | None = Field(None, description="With several ORMs: each one's score (``orm`` is "
                                           "their weighted sum).")
+    verdict: str | None = Field(None, description="Why an ORM that runs tests (``code``) passed or failed the "
+                                "candidate: 'pass', 'wrong: test 2 ...', 'timeout: test 1', 'memory: ...', ...")
 
     @property
     def orm_pass(self) -> bool:
@@ -127,7 +129,8 @@ class OutputRow(_Record):
             line["rejected_response"] = self.rejected_response
         line["id"] = self.id
         if self.scores is not None:
-            line["scores"] = self.scores.model_dump(exclude={"orms"} if self.scores.orms is None else None)
+            line["scores"] = self.scores.model_dump(exclude={k for k in ("orms", "verdict")
+                                                             if getattr(self.scores, k) is None})
         for key, value in self.extra.items():
             line.setdefault(key, value)
         return json.dumps(line, ensure_ascii=False) + "\n"
@@ -144,9 +147,11 @@ class PromptStats(_Record):
                                    "of tied answers that pass).")
     distinct_answers: int = Field(0, description="Different final answers, compared as the ORM compares them.")
     stopped: str | None = Field(None, description="Adaptive sampling: why sampling of the prompt stopped.")
+    failures: dict[str, int] = Field(default_factory=dict, description="With the code ORM: failing samples per "
+                                     "verdict (the failing test, or the limit that stopped them).")
 
     def to_json_line(self) -> str:
-        line = self.model_dump(mode="json", exclude={"stopped"} if self.stopped is None else None)
+        line = self.model_dump(mode="json", exclude={k for k in ("stopped", "failures") if not getattr(self, k)})
         return json.dumps(line, ensure_ascii=False) + "\n"
 
 

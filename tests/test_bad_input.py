@@ -193,7 +193,7 @@ CASES = [
          "problem_empty.jsonl line 1: the prompt must end with a non-empty user turn", 1),
     Case("no-prompt-column", "dataset", "row with no prompt column", submit("no_prompt.jsonl", *SIM),
          "no_prompt.jsonl line 1: no prompt found; expected one of the columns messages, conversations, query, "
-         "instruction, problem (got text)", 1),
+         "instruction, problem, prompt, question (got text)", 1),
     Case("csv-no-prompt", "dataset", "csv without a prompt column", submit("no_prompt.csv", *SIM),
          "no_prompt.csv row 1: no prompt found", 1),
     Case("broken-parquet", "dataset", "a .parquet that is not parquet", submit("broken.parquet", *SIM),

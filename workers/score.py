@@ -77,6 +77,8 @@ class Scorer:
                     labels.append(f"prompt {gen.prompt.id!r}, {gen.prompt.source}")
         parts = {name: self._run(model, name, requests, truths, labels) for name, model in self.orms.items()}
         orm = _weighted(self.spec, parts, len(requests))
+        verdicts = next((v for m in self.orms.values() if len(v := getattr(m, "last_verdicts", [])) == len(requests)),
+                        None)  # an ORM that runs tests says why each candidate passed or failed
         prm = self._run(self.prm, self.spec.prm_model, requests, truths, labels)
         generations = []
         for g, gen in enumerate(shard.generations):
@@ -89,7 +91,8 @@ class Scorer:
                 steps = prm[k] if prm and isinstance(prm[k], list) else None
                 scores = Scores(orm=orm[k] if orm else None,
                                 orms={n: v[k] for n, v in parts.items()} if len(parts) > 1 else None,
-                                prm=(min(steps) if steps else prm[k]) if prm else None, prm_steps=steps)
+                                prm=(min(steps) if steps else prm[k]) if prm else None, prm_steps=steps,
+                                verdict=verdicts[k] if verdicts else None)
                 scored.append(cand.model_copy(update={"scores": scores}))
             generations.append(gen.model_copy(update={"candidates": scored}))
         log.info("job %s shard %d: scored %d distinct candidates", shard.job_id, shard.index, len(requests))

@@ -15,6 +15,7 @@ orms: Registry[RewardModel] = Registry("ORM", "--orm_model", {
     "format": "workers.scoring.orm_kinds:FormatORM.from_spec",
     "repetition": "workers.scoring.orm_kinds:RepetitionORM.from_spec",
     "length": "workers.scoring.orm_kinds:LengthORM.from_spec",
+    "code": "workers.scoring.code_orm:CodeORM.from_spec",
     "cosine": "workers.scoring.orm_swift:CosineORM.from_spec",
     "soft_overlong": "workers.scoring.orm_swift:SoftOverlongORM.from_spec",
     "react_format": "workers.scoring.orm_swift:ReactFormatORM.from_spec",
