@@ -235,6 +235,13 @@ def test_nothing_is_left_running_after_close():
 
 # --- whole runs ---------------------------------------------------------------------------------------------------
 
+def _ids(rows: list[dict]) -> list[str]:
+    """Each row's id, as the stats file names it (its lines come in shard order, not the dataset's)."""
+    from producer.rows import normalise
+
+    return [normalise(row, index=i, where="t", system=None).id for i, row in enumerate(rows)]
+
+
 def _reference_verdicts(rows: list[dict], candidates: dict[str, list[str]]) -> dict[str, int]:
     """Passing candidates per prompt text, judged by a plain ``python`` per candidate (no sandbox: the demo
     model's output is harmless), as a second opinion on the ORM's verdicts."""
@@ -285,7 +292,7 @@ def test_demo_model_on_the_code_example_gets_the_right_verdicts(tmp_path):
     for line in read_jsonl(out / "gen.jsonl"):
         cands.setdefault(line["messages"][0]["content"], []).append(line["messages"][-1]["content"])
     score = run_producer(str(EXAMPLE), "--sampler_engine", "no", "--cache_files", "sample_output/gen.jsonl",
-                         "--num_return_sequences", "3", "--orm_model", "code,format", "--orm_weights", "3,1",
+                         "--num_return_sequences", "3", "--orm_model", "code,format", "--orm_weights", "3", "1",
                          "--orm_kwargs", json.dumps({"code": {"timeout": 2}, "format": {"pattern": "."}}),
                          "--include_ground_truth", "true", "--write_scores", "true", "--output_file", "scored.jsonl",
                          cwd=tmp_path)
@@ -298,7 +305,8 @@ def test_demo_model_on_the_code_example_gets_the_right_verdicts(tmp_path):
     by_prompt = {line["messages"][-2]["content"]: line for line in scored}
     assert len(by_prompt) == len(rows)  # each prompt's own solution passes, so each has a row
     texts = [r.get("query") or r.get("prompt") or r.get("question") for r in rows]
-    for text, line in zip(texts, stats):
+    by_id = {line["id"]: line for line in stats}
+    for text, line in zip(texts, (by_id[i] for i in _ids(rows))):
         assert line["samples"] == 3 and line["correct"] == expected[text], (text, line)
         assert sum(line.get("failures", {}).values()) == 3 - line["correct"], line
         assert by_prompt[text]["scores"]["verdict"] == "pass"
@@ -352,7 +360,8 @@ def test_local_and_fleet_scoring_give_the_same_verdicts(tmp_path, redis_server, 
     out = tmp_path / "sample_output"
     assert (out / "fleet.stats.jsonl").read_text() == (out / "local.stats.jsonl").read_text()
     assert (out / "fleet.jsonl").read_text() == (out / "local.jsonl").read_text()
-    stats = read_jsonl(out / "local.stats.jsonl")
+    by_id = {line["id"]: line for line in read_jsonl(out / "local.stats.jsonl")}
+    stats = [by_id[i] for i in _ids(rows)]
     assert [s["correct"] for s in stats] == [1] * 6
     assert [next(iter(s["failures"])).split(":")[0] for s in stats] == \
         ["wrong", "exited", "timeout", "wrong", "wrong", "output limit"]
