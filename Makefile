@@ -45,11 +45,12 @@ vllm-venv: $(VLLM_STAMP) model
 test: vllm-venv test-main test-vllm
 
 # Headless Chromium for tests/test_report.py's browser check and Prometheus (server and promtool) for
-# tests/test_prometheus.py, where apt is there and we are root; else those tests skip.
+# tests/test_prometheus.py, where apt is there and we are root; else those tests skip. Bubblewrap is the code
+# ORM's sandbox (without it the ORM falls back as docs/SECURITY.md says).
 browser:
-	@{ command -v chromium && command -v prometheus && command -v promtool; } >/dev/null || \
+	@{ command -v chromium && command -v prometheus && command -v promtool && command -v bwrap; } >/dev/null || \
 	  { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver prometheus; } || \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver prometheus bubblewrap; } || \
 	  echo "no chromium/prometheus (no apt, or not root): tests/test_report.py's browser check and tests/test_prometheus.py will skip"
 
 test-main: setup browser

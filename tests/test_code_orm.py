@@ -210,7 +210,6 @@ def test_hostile_candidates_neither_pass_nor_hang_nor_harm(orm, tmp_path, monkey
     took = time.monotonic() - started
     for (name, _, _, kinds), score, verdict in zip(cases, scores, verdicts, strict=True):
         assert score == 0.0, (name, verdict)
-        print(f"{name}: {verdict}")
         assert verdict.split(":")[0] in kinds, (name, verdict)
     with pytest.raises(BlockingIOError):
         listener.accept()  # nobody connected
@@ -371,3 +370,36 @@ def test_local_and_fleet_scoring_give_the_same_verdicts(tmp_path, redis_server, 
         i = texts.index(pair["prompt"][-1]["content"])
         good, bad = (c for j, c, _ in sorted(((j, c, p) for j, c, p in CACHE if j == i), key=lambda t: not t[2]))
         assert pair["chosen"][-1]["content"] == good and pair["rejected"][-1]["content"] == bad
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the unshare fallback needs root")
+def test_without_bubblewrap_root_falls_back_to_unshare_and_nothing_passes(tmp_path, monkeypatch):
+    """No bwrap on PATH: auto picks unshare (network, pid and mount namespaces, nobody, tmpfs over /tmp and the
+    project); the hostile candidates that target files, network and secrets still fail."""
+    from workers.scoring import sandbox
+
+    sandbox._works.cache_clear()
+    try:
+        monkeypatch.setattr(sandbox.shutil, "which", lambda name, **kw: None if name == "bwrap" else f"/usr/bin/{name}")
+        sandbox._works.cache_clear()
+        assert choose_mode("auto") == "unshare"
+        with pytest.raises(ConfigError, match="install bubblewrap"):
+            choose_mode("bwrap")
+    finally:
+        sandbox._works.cache_clear()
+    monkeypatch.setenv("SAMPLEFLEET_SANDBOX_SECRET", SECRET)
+    tmp_path.chmod(0o777)
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    picked = {"write outside", "write the project", "read the project", "environment secret", "socket",
+              "kill everything", "fork bomb", "sys.exit(0) at load"}
+    cases = [c for c in hostile(tmp_path, listener.getsockname()[1]) if c[0] in picked]
+    model = CodeORM(timeout=1.0, memory_mb=256, workers=2, sandbox="unshare")
+    try:
+        scores, verdicts = run(model, [(row, fence(code)) for _, row, code, _ in cases])
+    finally:
+        model.close()
+        listener.close()
+    assert scores == [0.0] * len(cases), list(zip([c[0] for c in cases], verdicts))
+    assert not (tmp_path / "outside.txt").exists() and not (ROOT / "PWNED").exists()

@@ -7,7 +7,9 @@ Each server (``sandbox_server.py``) runs inside one of these, the strongest this
   size-capped tmpfs ``/tmp``: no project files, no home, no ``/etc``; an empty environment; killed with its
   parent. Started as ``nobody`` when we are root, so its processes are never a uid that owns anything.
 - ``unshare`` (root without bubblewrap): network, pid and mount namespaces, then ``setpriv`` to ``nobody``;
-  the host's files stay visible (readable where the world may read them, writable nowhere nobody may write).
+  empty tmpfs mounts over ``/tmp``, ``/var/tmp``, ``/dev/shm``, the homes, this project and the working folder;
+  the rest of the host's files stay visible (readable where the world may read them, writable only where the
+  world may write).
 - ``rlimits`` (asked for by name only): no namespaces; ``nobody`` when root, else our own user.
 
 In every mode each candidate runs in its own session with CPU-time, address-space, file-size, process-count
@@ -98,8 +100,16 @@ def _bwrap_command(python: str) -> list[str]:
                   "--chdir", "/tmp"]
 
 
+#: Hidden behind empty tmpfs mounts in the ``unshare`` mode: the shared temporary folders, homes, this project.
+HIDDEN = ("/tmp", "/var/tmp", "/dev/shm", "/root", "/home", str(Path(__file__).resolve().parents[2]))
+
+
 def _unshare_command() -> list[str]:
-    return ["unshare", "--net", "--pid", "--fork", "--kill-child", "--mount-proc", "--",
+    hidden = [d for d in dict.fromkeys((*HIDDEN, os.getcwd())) if os.path.isdir(d) and d != "/"]
+    mounts = " && ".join(f"mount -t tmpfs -o size={TMPFS_BYTES},mode={1777 if d in HIDDEN[:3] else 755} sandbox '{d}'"
+                         for d in hidden)
+    return ["unshare", "--net", "--pid", "--fork", "--kill-child", "--mount-proc", "--propagation", "private",
+            "--", "sh", "-c", f'{mounts} && exec "$0" "$@"',
             "setpriv", f"--reuid={SANDBOX_USER}", f"--regid={SANDBOX_USER}", "--clear-groups"]
 
 
@@ -149,7 +159,7 @@ class _Server:
 
     def __init__(self, mode: str) -> None:
         wrap, extra = _wrapper(mode)
-        self.own_tmp = None if mode == "bwrap" else self._private_tmp()
+        self.own_tmp = self._private_tmp() if mode == "rlimits" else None  # the others have a tmpfs /tmp
         args = ["own-pid-namespace"] if mode in ("bwrap", "unshare") else []
         self.process = subprocess.Popen(
             [*wrap, _interpreter(), "-I", "-S", "-c", SERVER_SOURCE.read_text(encoding="utf-8"), *args],
