@@ -80,6 +80,9 @@ class Scores(_Record):
                                           "their weighted sum).")
     verdict: str | None = Field(None, description="Why an ORM that runs tests (``code``) passed or failed the "
                                 "candidate: 'pass', 'wrong: test 2 ...', 'timeout: test 1', 'memory: ...', ...")
+    answer_read: bool | None = Field(None, description="With the math ORM: whether a final answer was found and "
+                                     "parsed (a failing candidate that states a wrong answer is preferred as "
+                                     "rejected_response over one that states none); not written to output rows.")
 
     @property
     def orm_pass(self) -> bool:
@@ -129,8 +132,8 @@ class OutputRow(_Record):
             line["rejected_response"] = self.rejected_response
         line["id"] = self.id
         if self.scores is not None:
-            line["scores"] = self.scores.model_dump(exclude={k for k in ("orms", "verdict")
-                                                             if getattr(self.scores, k) is None})
+            hidden = {"answer_read"} | {k for k in ("orms", "verdict") if getattr(self.scores, k) is None}
+            line["scores"] = self.scores.model_dump(exclude=hidden)
         for key, value in self.extra.items():
             line.setdefault(key, value)
         return json.dumps(line, ensure_ascii=False) + "\n"

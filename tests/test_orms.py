@@ -61,8 +61,7 @@ MATH_CASES = [
     (r"\boxed{\frac{\sqrt{2}}{2}}", r"\sqrt{2}", 0),
     (r"\boxed{\frac{a}{b}}", "a/b", 1),
     (r"\boxed{\sqrt{8}}", r"2\sqrt{2}", 1),
-    # the last box counts; \fbox too
-    (r"First \boxed{3}, but correcting the sign: \boxed{4}", "4", 1),
+    # the last box decides or, read carefully, two different boxes are no answer (STRICT_ONLY); \fbox too
     (r"First \boxed{3}, but correcting the sign: \boxed{4}", "3", 0),
     (r"\fbox{12}", "12", 1),
     # '# Answer' lines and <answer> tags
@@ -70,7 +69,6 @@ MATH_CASES = [
     ("# Answer\n\n\\frac{3}{4}", "0.75", 1),
     ("# Answer\n\n18", "17", 0),
     ("<think>5/2 it is</think>\n<answer>2.5</answer>", r"\frac{5}{2}", 1),
-    ("<answer>1</answer> no wait <answer>2</answer>", "2", 1),
     ("<answer>3</answer>", "<answer>3</answer>", 1),
     # references written as solutions
     (r"\boxed{0.75}", r"Dividing, we get $\boxed{\frac{3}{4}}$.", 1),
@@ -108,6 +106,28 @@ MATH_CASES = [
     (r"\boxed{42}", "", 0),
     (r"\boxed{42}", None, 0),
 ]
+
+
+#: Passes only with --orm_kwargs '{"strict_format": true}' (the last marked answer decides); the default reading
+#: refuses a candidate whose answers disagree (tests/test_math_reference.py has the default's own table).
+STRICT_ONLY = [
+    (r"First \boxed{3}, but correcting the sign: \boxed{4}", "4"),
+    ("<answer>1</answer> no wait <answer>2</answer>", "2"),
+]
+
+
+@pytest.fixture(scope="module")
+def strict_orm() -> Iterator[MathORM]:
+    orm = orms.create("math", spec("math", strict_format=True, workers=1))
+    yield orm
+    orm.close()
+
+
+def test_strict_format_keeps_the_strict_reading(strict_orm: MathORM, math_orm: MathORM) -> None:
+    """Every case of the table scores the same strictly; the strict-only cases pass strictly and fail by default."""
+    cases = MATH_CASES + [(c, r, 1) for c, r in STRICT_ONLY]
+    assert strict_orm([req(c) for c, _, _ in cases], [r for _, r, _ in cases]) == [float(e) for _, _, e in cases]
+    assert math_orm([req(c) for c, _ in STRICT_ONLY], [r for _, r in STRICT_ONLY]) == [0.0] * len(STRICT_ONLY)
 
 
 def test_the_table_is_big_enough() -> None:
@@ -292,7 +312,7 @@ def test_length() -> None:
 # --- options ----------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name,allowed", [
-    ("math", "timeout, workers"), ("accuracy", "none"), ("format", "pattern"),
+    ("math", "timeout, workers, strict_format"), ("accuracy", "none"), ("format", "pattern"),
     ("repetition", "ngram_size, max_penalty"), ("length", "max_words, buffer_words"),
 ])
 def test_unknown_orm_kwargs_are_refused(name: str, allowed: str) -> None:
@@ -307,6 +327,7 @@ def test_unknown_orm_kwargs_are_refused(name: str, allowed: str) -> None:
     ("math", {"timeout": True}, "timeout"),
     ("math", {"workers": 0}, "workers"),
     ("math", {"workers": 1.5}, "workers"),
+    ("math", {"strict_format": "yes"}, "strict_format"),
     ("format", {"pattern": "(unclosed"}, "pattern"),
     ("format", {"pattern": 5}, "pattern"),
     ("repetition", {"ngram_size": 0}, "ngram_size"),

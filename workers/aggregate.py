@@ -5,7 +5,8 @@ a candidate passes when its ORM score is > 0 and its PRM score is above ``--prm_
 candidates are ranked by min-max-normalised PRM + 10 x normalised ORM; the best ``--n_best_to_keep``
 passing ones are written, each with the lowest ranked as ``rejected_response``. Unlike swift:
 identical candidates count once, the rejected response is an ORM-failing candidate whenever one
-exists, and every prompt that gets no row is reported with its reason instead of vanishing. With several
+exists (among equally scored ones, one whose final answer the math ORM read: a wrong answer over none),
+and every prompt that gets no row is reported with its reason instead of vanishing. With several
 ORMs a candidate passes when it passes each one; their weighted sum is the ORM score that ranks. The TRL
 formats of ``--output_format`` start from the same ranking (``workers.exports``). The shard's summary
 carries its prompts' statistics (``workers.stats``), so fleet and embedded runs give the same stats file.
@@ -79,7 +80,9 @@ def select(spec: JobSpec, gen: Generation) -> Selection | str:
     # score decides, so the order is exactly the scores' order; stable: true ties keep sampling order
     order = sorted(range(len(cands)), key=lambda i: (-rank[i], -(orm[i] or 0.0), -(prm[i] or 0.0)))
     failing = [i for i in order if use_orm and not cands[i].scores.orm_pass]
-    rejected = failing[-1] if failing else order[-1]
+    pool = failing or order  # ties at the bottom: one that states a wrong answer over one that states none
+    tied = [i for i in pool if (orm[i], prm[i]) == (orm[pool[-1]], prm[pool[-1]])]
+    rejected = ([i for i in tied if cands[i].scores.answer_read] or tied)[-1]
     chosen = [i for i in order if passed[i] and i != rejected][: spec.n_best]
     return Selection(cands, passed, order, rejected, chosen)
 

@@ -17,6 +17,7 @@ from workers.models import hub_models
 from workers.registry import Registry
 from workers.scoring import InferRequest, RewardModel
 from workers.scoring.base import validate_scores
+from workers.scoring.orm_kinds import MathORM
 from workers.scoring.plugins import load_plugins
 
 log = logging.getLogger(__name__)
@@ -75,7 +76,13 @@ class Scorer:
                                                  columns=gen.prompt.extra, tokens=cand.tokens or None))
                     truths.append(gen.prompt.ground_truth)
                     labels.append(f"prompt {gen.prompt.id!r}, {gen.prompt.source}")
-        parts = {name: self._run(model, name, requests, truths, labels) for name, model in self.orms.items()}
+        parts: dict[str, list] = {}
+        read: list[bool] | None = None  # the math ORM's "a final answer was found and parsed", per request
+        for name, model in self.orms.items():
+            if isinstance(model, MathORM) and requests:
+                parts[name], read = model.grade(requests, truths)
+            else:
+                parts[name] = self._run(model, name, requests, truths, labels)
         orm = _weighted(self.spec, parts, len(requests))
         verdicts = next((v for m in self.orms.values() if len(v := getattr(m, "last_verdicts", [])) == len(requests)),
                         None)  # an ORM that runs tests says why each candidate passed or failed
@@ -92,7 +99,7 @@ class Scorer:
                 scores = Scores(orm=orm[k] if orm else None,
                                 orms={n: v[k] for n, v in parts.items()} if len(parts) > 1 else None,
                                 prm=(min(steps) if steps else prm[k]) if prm else None, prm_steps=steps,
-                                verdict=verdicts[k] if verdicts else None)
+                                answer_read=read[k] if read else None, verdict=verdicts[k] if verdicts else None)
                 scored.append(cand.model_copy(update={"scores": scores}))
             generations.append(gen.model_copy(update={"candidates": scored}))
         log.info("job %s shard %d: scored %d distinct candidates", shard.job_id, shard.index, len(requests))

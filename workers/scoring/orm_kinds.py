@@ -20,7 +20,7 @@ from multiprocessing.process import BaseProcess
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from schemas.errors import ConfigError, PermanentError
-from workers.scoring.answers import equivalent, extract_answer, normalize, reference_answer
+from workers.scoring.answers import check, extract_answer, final_answers, normalize, reference_answer
 from workers.scoring.base import ORM, InferRequest
 from workers.threads import checker_processes
 
@@ -73,9 +73,9 @@ def _serve(conn: Connection) -> None:
     while (chunk := conn.recv()) is not None:
         for reference, candidate in chunk:
             try:
-                conn.send((float(equivalent(reference, candidate)), None))
+                conn.send((check(reference, candidate), None))
             except Exception as exc:  # noqa: BLE001 - one bad expression must not end the process
-                conn.send((0.0, type(exc).__name__))  # not str(exc): printing a sympy object can hang too
+                conn.send((None, type(exc).__name__))  # not str(exc): printing a sympy object can hang too
 
 
 @dataclass(eq=False)
@@ -89,10 +89,10 @@ class _Checker:
 
 
 class _CheckerPool:
-    """Processes that run ``equivalent`` with a hard deadline per check.
+    """Processes that run ``check`` with a hard deadline per check.
 
     A check past its deadline is abandoned by killing its process (SIGALRM, math-verify's own timeout, cannot
-    stop sympy inside C code and only works in a main thread); that check scores 0 and a fresh process takes
+    stop sympy inside C code and only works in a main thread); that check is unread and a fresh process takes
     the rest of its chunk. Processes come from a forkserver (spawn where there is none), never a fork of a
     parent that may hold torch threads; the forkserver preloads sympy, so a replacement starts in milliseconds.
     """
@@ -130,9 +130,9 @@ class _CheckerPool:
                                  f"waited up to {START_TIMEOUT:.0f} s); its error, if any, is above. A script that "
                                  "scores must guard its entry point with if __name__ == '__main__'.")
 
-    def run(self, pairs: list[tuple[str, str]]) -> list[float]:
-        """1.0 / 0.0 per (reference, candidate) pair, in order; an overrun or a crashed check scores 0.0."""
-        scores = [0.0] * len(pairs)
+    def run(self, pairs: list[tuple[str, str]]) -> list[bool | None]:
+        """``check``'s verdict per (reference, candidate) pair, in order; an overrun or a crashed check: None."""
+        scores: list[bool | None] = [None] * len(pairs)
         size = max(1, min(CHUNK_SIZE, math.ceil(len(pairs) / len(self._checkers))))
         queue = deque(list(range(i, min(i + size, len(pairs)))) for i in range(0, len(pairs), size))
         while queue or any(c.todo for c in self._checkers):
@@ -157,7 +157,7 @@ class _CheckerPool:
         checker.todo.extend(chunk)
         checker.since = time.monotonic()
 
-    def _receive(self, checker: _Checker, pairs: list[tuple[str, str]], scores: list[float],
+    def _receive(self, checker: _Checker, pairs: list[tuple[str, str]], scores: list[bool | None],
                  queue: deque[list[int]]) -> None:
         """Take every answer waiting in the pipe; a pipe closed mid-chunk means the check crashed its process."""
         try:
@@ -166,7 +166,7 @@ class _CheckerPool:
                 index = checker.todo.popleft()
                 scores[index] = score
                 if error:
-                    log.warning("math check of %.80r against %.80r raised %s: scored 0.0", pairs[index][1],
+                    log.warning("math check of %.80r against %.80r raised %s: unread", pairs[index][1],
                                 pairs[index][0], error)
                 checker.since = time.monotonic()
         except (EOFError, OSError):
@@ -174,9 +174,9 @@ class _CheckerPool:
             self._abandon(checker, pairs, queue, f"ended its process (exit code {checker.process.exitcode})")
 
     def _abandon(self, checker: _Checker, pairs: list[tuple[str, str]], queue: deque[list[int]], why: str) -> None:
-        """Score the current check 0 (already its default), replace the process, requeue the rest of the chunk."""
+        """Leave the current check unread (its default), replace the process, requeue the rest of the chunk."""
         culprit = checker.todo.popleft()
-        log.warning("math check of %.80r against %.80r %s: scored 0.0, checker process replaced",
+        log.warning("math check of %.80r against %.80r %s: unread, checker process replaced",
                     pairs[culprit][1], pairs[culprit][0], why)
         if checker.todo:
             queue.appendleft(list(checker.todo))
@@ -211,49 +211,65 @@ class _CheckerPool:
 class MathORM(ORM):
     """1.0 when the candidate's final answer is mathematically the reference's (math-verify), else 0.0.
 
-    Answers come from the last ``\\boxed{}``, a ``# Answer`` line or an ``<answer>`` tag (a bare reference is
-    used whole). Identical normalised answers pass at once; the rest go, deduplicated and in chunks, to
-    checker processes with a per-check ``timeout``. No answer, an unparsable one or an overrun scores 0.0.
-    ``workers`` checker processes (default ``workers.threads.checker_processes()``: the cores this process may
-    use, at most 2, or ``SAMPLEFLEET_THREADS``), each single-threaded.
+    The candidate is read like a careful reader reads it (``answers.final_answers``): boxes, ``# Answer`` lines,
+    ``<answer>`` tags, ``####`` lines, answer phrases ("The answer is 7.", "**Answer:** 7") and, with none of
+    those, a last line that is only the answer; it passes when it states at least one answer and every answer it
+    states is the reference's (so several different answers fail). ``strict_format``: only the last marked
+    answer counts (box, ``# Answer``, tag, ``####``), as before. A bare reference is used whole. Identical
+    normalised answers pass at once; the rest go, deduplicated and in chunks, to checker processes with a
+    per-check ``timeout``. No answer, an unparsable one or an overrun scores 0.0. ``workers`` checker
+    processes (default ``workers.threads.checker_processes()``: the cores this process may use, at most 2, or
+    ``SAMPLEFLEET_THREADS``), each single-threaded.
     """
 
     name: ClassVar[str] = "math"
     needs_ground_truth = True
 
-    def __init__(self, timeout: float = 5.0, workers: int | None = None) -> None:
+    def __init__(self, timeout: float = 5.0, workers: int | None = None, strict_format: bool = False) -> None:
         if importlib.util.find_spec("math_verify") is None:
             raise ConfigError("--orm_model math needs the math-verify package: pip install 'math-verify>=0.9' "
                               "(or the project's scoring extra)")
         self.timeout = timeout
         self.workers = workers or checker_processes()
+        self.strict_format = strict_format
         self._pool: _CheckerPool | None = None
 
     @classmethod
     def from_spec(cls, spec: JobSpec) -> MathORM:
-        opts = _options(spec, cls.name, {"timeout": 5.0, "workers": checker_processes()})
+        opts = _options(spec, cls.name, {"timeout": 5.0, "workers": checker_processes(), "strict_format": False})
+        if not isinstance(opts["strict_format"], bool):
+            raise ConfigError(f"--orm_kwargs strict_format={opts['strict_format']!r}: must be true or false")
         return cls(timeout=_require("timeout", opts["timeout"], lambda v: v > 0, "a number of seconds > 0"),
-                   workers=_require("workers", opts["workers"], _whole, "a whole number >= 1"))
+                   workers=_require("workers", opts["workers"], _whole, "a whole number >= 1"),
+                   strict_format=opts["strict_format"])
 
     def __call__(self, infer_requests: list[InferRequest], ground_truths: list[str | None],
                  **kwargs: Any) -> list[float]:
-        scores = [0.0] * len(infer_requests)
-        to_check: dict[tuple[str, str], list[int]] = {}  # (reference, candidate) -> requests with that pair
-        for i, (request, truth) in enumerate(zip(infer_requests, ground_truths, strict=True)):
-            pair = _answers(request, truth)
-            if pair and normalize(pair[0]) == normalize(pair[1]):
-                scores[i] = 1.0
-            elif pair:
-                to_check.setdefault(pair, []).append(i)
-        if to_check:
-            for indices, score in zip(to_check.values(), self._check(list(to_check)), strict=True):
-                for i in indices:
-                    scores[i] = score
-        log.debug("math ORM: %d requests, %d distinct symbolic checks", len(infer_requests), len(to_check))
-        return scores
+        return self.grade(infer_requests, ground_truths)[0]
 
-    def _check(self, pairs: list[tuple[str, str]]) -> list[float]:
-        """The pool's scores; the pool starts on first use and is dropped if a call fails half-way."""
+    def grade(self, infer_requests: list[InferRequest],
+              ground_truths: list[str | None]) -> tuple[list[float], list[bool]]:
+        """(score per request, whether its answer was read): read means an answer was found and parsed, so a
+        failing candidate that is read is wrong, not unreadable (the better ``rejected_response``)."""
+        stated: dict[int, tuple[str, list[str]]] = {}  # request -> (reference, its answers)
+        to_check: dict[tuple[str, str], bool | None] = {}  # (reference, answer) -> verdict, filled below
+        for i, (request, truth) in enumerate(zip(infer_requests, ground_truths, strict=True)):
+            reference = reference_answer(truth)
+            answers = final_answers(request.response, strict=self.strict_format)
+            if reference and answers:
+                stated[i] = (reference, answers)
+                to_check.update({(reference, a): None for a in answers if normalize(a) != normalize(reference)})
+        to_check.update(zip(to_check, self._check(list(to_check)) if to_check else []))
+        scores, read = [0.0] * len(infer_requests), [False] * len(infer_requests)
+        for i, (reference, answers) in stated.items():
+            verdicts = [True if normalize(a) == normalize(reference) else to_check[(reference, a)] for a in answers]
+            scores[i] = float(all(verdicts))
+            read[i] = any(v is not None for v in verdicts)
+        log.debug("math ORM: %d requests, %d distinct symbolic checks", len(infer_requests), len(to_check))
+        return scores, read
+
+    def _check(self, pairs: list[tuple[str, str]]) -> list[bool | None]:
+        """The pool's verdicts; the pool starts on first use and is dropped if a call fails half-way."""
         if self._pool is None:
             self._pool = _CheckerPool(self.workers, self.timeout)
         try:
