@@ -61,5 +61,9 @@ WORKDIR /app
 COPY examples examples
 COPY deploy deploy
 USER 10001:10001
+# The stop signal of docker and Kubernetes: a worker hands the shard it runs back (sent again at once) and exits
+# within SAMPLEFLEET_SOFT_SHUTDOWN + 8 s (workers/preemption.py). The entrypoint execs its command, so the worker
+# is the process that gets it. REMAP_SIGTERM stays unset (Celery's cold shutdown cannot stop a --pool solo task).
+STOPSIGNAL SIGTERM
 ENTRYPOINT ["/app/deploy/docker-entrypoint.sh"]
 CMD ["producer", "--help"]

@@ -16,4 +16,6 @@ for name in SAMPLEFLEET_BROKER_URL SAMPLEFLEET_STATE_URL SAMPLEFLEET_RESULT_URL 
   export "$name=$value"
   unset "${name}_FILE"
 done
+# exec: the command replaces this shell, so SIGTERM reaches the worker itself (it hands its shard back and exits
+# within seconds, workers/preemption.py) instead of a shell that would not pass it on.
 exec "$@"

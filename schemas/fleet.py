@@ -81,8 +81,11 @@ def celery_settings(broker: str | None = None, result: str | None = None) -> dic
       so it must exceed the longest shard (default 6 h), or a slow shard would run twice (harmless, but
       wasted work). The same on the result backend. It is only the last resort: a lost worker's shard
       comes back within seconds through its lease (``schemas.state``), whatever this is set to.
-    - soft shutdown: on SIGTERM a worker gets SAMPLEFLEET_SOFT_SHUTDOWN seconds to finish its shard
-      before the shard is handed back.
+    - SIGTERM is Celery's warm shutdown, plus samplefleet's hand-back (``workers.preemption``): the stage
+      gets SAMPLEFLEET_SOFT_SHUTDOWN seconds (default 5) to finish, then its shard is handed back and sent
+      again at once, and the stage is stopped; the worker is gone within 13 s. Celery's own soft shutdown
+      (``worker_soft_shutdown_timeout``, a cold shutdown only) is left off: under ``--pool solo`` it sleeps
+      on the task's own thread, then fails the task with the solo pool's NotImplementedError.
     - events on: Flower shows tasks live.
     - publish retries for about a minute: a worker passing a shard to the next stage while Redis restarts
       waits for it instead of failing the shard.
@@ -116,7 +119,6 @@ def celery_settings(broker: str | None = None, result: str | None = None) -> dic
         "broker_transport_options": transport,
         "result_backend_transport_options": {"visibility_timeout": visibility},
         "result_expires": 7 * 24 * 3600,
-        "worker_soft_shutdown_timeout": env.soft_shutdown,
         "worker_send_task_events": True,
         "task_send_sent_event": True,
         "task_track_started": True,

@@ -33,8 +33,16 @@ class Settings(BaseSettings):
                                     "is stopped with an error (0: no limit).")
     visibility_timeout: int = Field(6 * 3600, ge=1, description="Redis redelivers an unacknowledged message "
                                     "after this many seconds: the last resort behind the leases.")
-    soft_shutdown: float = Field(60.0, ge=0, description="Seconds a worker stopped with SIGTERM gets to finish "
-                                 "its shard.")
+    soft_shutdown: float = Field(5.0, ge=0, description="Seconds a worker stopped with SIGTERM (or Ctrl-C) lets "
+                                 "the stage it runs go on in case it finishes; then it hands the shard back (sent "
+                                 "again at once) and stops the stage. It exits within this + 8 s "
+                                 "(workers/preemption.py): keep the grace period before SIGKILL above that.")
+    heartbeat_interval: float = Field(10.0, gt=0, description="Seconds between two writes of a worker's liveness "
+                                      "heartbeat file (workers/heartbeat.py).")
+    heartbeat_stale: float = Field(120.0, gt=0, description="The liveness probe fails once a worker's main thread "
+                                   "has not run Python for this many seconds (frozen, or stuck in a C call).")
+    heartbeat_dir: str | None = Field(None, description="Folder of the heartbeat files (local to the worker's "
+                                      "host or container); default: <temp dir>/samplefleet-heartbeat.")
     max_attempts: int = Field(3, ge=1, description="Failed attempts after which a shard is marked failed.")
     finalise_timeout: int = Field(1800, ge=1, description="Seconds a finaliser may hold the job's lock.")
     finished_ttl: int = Field(7 * 24 * 3600, ge=0, description="Seconds a finished (done, partial or cancelled) "
@@ -51,11 +59,15 @@ class Settings(BaseSettings):
                                 "(CPU affinity, cgroup quota).")
 
     @model_validator(mode="after")
-    def _lease(self) -> "Settings":
+    def _timings(self) -> "Settings":
         if self.lease_expire < 2 * self.lease_renew:
             raise ValueError(f"SAMPLEFLEET_LEASE_EXPIRE ({self.lease_expire:g}) must be at least twice "
                              f"SAMPLEFLEET_LEASE_RENEW ({self.lease_renew:g}): one late renewal must not lose a "
                              "shard")
+        if self.heartbeat_stale < 3 * self.heartbeat_interval:
+            raise ValueError(f"SAMPLEFLEET_HEARTBEAT_STALE ({self.heartbeat_stale:g}) must be at least three times "
+                             f"SAMPLEFLEET_HEARTBEAT_INTERVAL ({self.heartbeat_interval:g}): one late write must "
+                             "not restart a worker")
         return self
 
     @property

@@ -7,7 +7,8 @@ A shard's life: its task queued for a stage (in the broker) -> *leased* by the w
 (the lease names the task, so it can be sent again) -> the stage is done and the next stage's task sent ->
 ... -> *settled*: aggregated (its rows are in place) or failed. A worker renews its lease every
 ``lease_renew`` seconds; a lease that is ``lease_expire`` seconds old (its worker died) is re-armed
-by the reaper, which sends the task again. A failed attempt that will be retried holds its lease
+by the reaper, which sends the task again; a worker that is stopped (SIGTERM) hands its lease back at once
+(``hand_back``) and sends the task again itself. A failed attempt that will be retried holds its lease
 until the back-off ends, then the reaper sends it again. Time is Redis's own clock (``TIME``), so
 the machines' clocks need not agree.
 """
@@ -105,7 +106,7 @@ class JobRecord(BaseModel):
     finished: float | None = None
     output: str | None = None
     engine: dict[str, Any] = Field(default_factory=dict, description="Set once, by the first worker that loads it.")
-    requeues: int = Field(0, description="Shards sent again because their worker was lost.")
+    requeues: int = Field(0, description="Shards sent again because their worker was lost or stopped.")
     finalise_failures: int = Field(0, description="Finalisations that raised; the reaper stops resending at the "
                                    "attempt limit.")
     finalise_error: str | None = None
@@ -270,24 +271,45 @@ end
 return {n, tostring(backoff)}
 """
 
+# KEYS[1..4]: leases, expiry, job, requeued. Re-arms a lease as sent again by the reaper (its expiry pushed on,
+# so that if the task is lost on its way it is sent again); counted as a requeue unless a back-off ended.
+_LUA_REARM = _LUA_NOW + """
+local function rearm(index, lease, seconds)
+  if lease.state ~= 'retry' then
+    redis.call('HINCRBY', KEYS[3], 'requeues', 1)
+    redis.call('HINCRBY', KEYS[4], index, 1)
+  end
+  lease.state = 'requeued'
+  lease.owner = 'reaper'
+  lease.since = now
+  local held = cjson.encode(lease)
+  redis.call('HSET', KEYS[1], index, held)
+  redis.call('ZADD', KEYS[2], now + tonumber(seconds), index)
+  return held
+end
+"""
+
 # KEYS: leases, expiry, job, requeued. ARGV: index, lease seconds.
 # Re-arms an expired lease as sent again by the reaper; returns it (to be sent) or nil.
-_REAP = _LUA_NOW + """
+_REAP = _LUA_REARM + """
 local expires = redis.call('ZSCORE', KEYS[2], ARGV[1])
 local held = redis.call('HGET', KEYS[1], ARGV[1])
 if not expires or not held or tonumber(expires) > now then return false end
+return rearm(ARGV[1], cjson.decode(held), ARGV[2])
+"""
+
+# KEYS: leases, expiry, job, requeued, deliveries. ARGV: index, token, lease seconds, the delivery's name.
+# A worker that is stopping (SIGTERM) gives its shard back: if the lease is still ours and running, it is
+# re-armed as sent again, as _REAP does for a lost worker but at once, and this delivery is taken back (a
+# stopped worker says nothing against its shard, so preemptions never make a poison shard). Returns the lease
+# to send again, or nil.
+_HAND_BACK = _LUA_REARM + """
+local held = redis.call('HGET', KEYS[1], ARGV[1])
+if not held then return false end
 local lease = cjson.decode(held)
-if lease.state ~= 'retry' then
-  redis.call('HINCRBY', KEYS[3], 'requeues', 1)
-  redis.call('HINCRBY', KEYS[4], ARGV[1], 1)
-end
-lease.state = 'requeued'
-lease.owner = 'reaper'
-lease.since = now
-held = cjson.encode(lease)
-redis.call('HSET', KEYS[1], ARGV[1], held)
-redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), ARGV[1])
-return held
+if lease.token ~= ARGV[2] or lease.state ~= 'running' then return false end
+if tonumber(redis.call('HGET', KEYS[5], ARGV[4]) or '0') > 0 then redis.call('HINCRBY', KEYS[5], ARGV[4], -1) end
+return rearm(ARGV[1], lease, ARGV[3])
 """
 
 # A finished job's keys (KEYS[3] on) expire after ARGV[1] seconds (0: never), so Redis memory is freed.
@@ -350,7 +372,8 @@ return out
 
 
 _SCRIPTS = {"begin": _BEGIN, "renew": _RENEW, "release": _RELEASE, "done": _STAGE_DONE, "fail": _FAIL,
-            "retry": _RETRY, "reap": _REAP, "finish": _FINISH, "cancel": _CANCEL, "resume": _RESUME}
+            "retry": _RETRY, "reap": _REAP, "hand_back": _HAND_BACK, "finish": _FINISH, "cancel": _CANCEL,
+            "resume": _RESUME}
 
 
 class StateError(Exception):
@@ -421,6 +444,15 @@ class JobState:
     def release(self, index: int, token: str) -> None:
         """Drop our lease (after the next stage's task is sent: a worker lost before that is re-run)."""
         self._lua["release"](keys=[self.keys.leases, self.keys.expiry], args=[index, token])
+
+    def hand_back(self, lease: Lease, seconds: float) -> Lease | None:
+        """Give the shard back now (its worker is stopping): the lease to send again, None when it is no longer
+        ours. If the caller dies before sending it, the re-armed lease expires and the reaper sends it."""
+        k = self.keys
+        held = self._lua["hand_back"](keys=[k.leases, k.expiry, k.job, k.requeued, k.deliveries],
+                                      args=[lease.index, lease.token, seconds,
+                                            f"{_per_wave(lease.stage, lease.wave)}:{lease.index}"])
+        return Lease.model_validate_json(held) if held else None
 
     def stage_done(self, stage: str, index: int, token: str, *, candidates: int = 0, tokens: int = 0,
                    rows: int = 0) -> bool:

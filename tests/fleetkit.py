@@ -135,6 +135,7 @@ class Workers:
             args += ["-Q", queues]
         proc = subprocess.Popen(args, cwd=ROOT, env=fleet_env(self.broker, **env), stdout=log.open("w"),
                                 stderr=subprocess.STDOUT)
+        env.setdefault("SAMPLEFLEET_HEARTBEAT_DIR", str(self.logdir / "heartbeat"))  # not the shared /tmp
         worker = Worker(name, proc, log, queues, env)
         self.started.append(worker)
         if wait:

@@ -77,7 +77,7 @@ def test_worker_pools_start_the_real_app_on_real_queues(service, queues):
 def test_each_worker_checks_its_own_name(service):
     _, name = worker_command(SERVICES[service]["command"])
     test = " ".join(SERVICES[service]["healthcheck"]["test"])
-    assert f"deploy/worker_health.py {name}$$HOSTNAME" in test
+    assert f"deploy/worker_health.py live {name}$$HOSTNAME" in test  # liveness: never Redis's health
     assert test.split()[1].endswith("docker-entrypoint.sh")  # a health check does not pass the entrypoint
     assert (ROOT / "deploy" / "worker_health.py").is_file()
 
@@ -104,7 +104,7 @@ def test_compose_gpus_gives_one_generator_per_gpu():
         assert service["deploy"]["resources"]["reservations"]["devices"][0]["device_ids"] == [str(i)]
         command = service["command"]
         assert command[command.index("-n") + 1] == f"{name}@%h"
-        assert f"worker_health.py {name}@$$HOSTNAME" in " ".join(service["healthcheck"]["test"])
+        assert f"worker_health.py live {name}@$$HOSTNAME" in " ".join(service["healthcheck"]["test"])
     picked = _gpus("--gpus", "GPU-aaaa,3")["services"]
     assert [s["deploy"]["resources"]["reservations"]["devices"][0]["device_ids"] for s in picked.values()] == [
         ["GPU-aaaa"], ["3"]]
@@ -124,8 +124,11 @@ def test_every_long_running_service_has_a_healthcheck_and_waits_for_what_it_need
         assert set(SERVICES[pool]["depends_on"]) == {"redis", "s3-init"}
     assert set(SERVICES["s3-init"]["depends_on"]) == {"s3"}
     assert {"generator-0", "aggregator", "s3-init"} <= set(SERVICES["producer"]["depends_on"])
-    assert float(SERVICES["scorer"]["stop_grace_period"].rstrip("s")) > float(
-        SERVICES["scorer"]["environment"]["SAMPLEFLEET_SOFT_SHUTDOWN"])
+    from workers.preemption import EXIT_MARGIN
+
+    for pool in CELERY_ROLES:  # SIGKILL only after the worker has handed its shard back and exited on its own
+        assert float(SERVICES[pool]["stop_grace_period"].rstrip("s")) >= float(
+            SERVICES[pool]["environment"]["SAMPLEFLEET_SOFT_SHUTDOWN"]) + EXIT_MARGIN
 
 
 def test_ports_are_published_on_loopback_only():

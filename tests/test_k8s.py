@@ -149,11 +149,15 @@ def test_worker_pools_run_the_real_app_on_the_code_s_queues(name):
     else:
         assert set(queues) <= set(DEFAULT_QUEUES)
     assert "command" not in _container(deployment)  # args only: the image's entrypoint reads the *_FILE secrets
-    for probe in ("readinessProbe", "livenessProbe"):
-        command = " ".join(_container(deployment)[probe]["exec"]["command"])
-        assert f"/app/deploy/docker-entrypoint.sh python /app/deploy/worker_health.py {node}$HOSTNAME" in command
-    soft = float(_env(deployment)["SAMPLEFLEET_SOFT_SHUTDOWN"])
-    assert _pod(deployment)["terminationGracePeriodSeconds"] > soft
+    for probe, mode in (("readinessProbe", "ready"), ("livenessProbe", "live"), ("startupProbe", "live")):
+        if probe not in _container(deployment):
+            continue
+        command = " ".join(_container(deployment)[probe]["exec"]["command"])  # liveness never asks Redis
+        assert f"docker-entrypoint.sh python /app/deploy/worker_health.py {mode} {node}$HOSTNAME" in command
+    from workers.preemption import EXIT_MARGIN
+
+    soft = float(_env(deployment)["SAMPLEFLEET_SOFT_SHUTDOWN"])  # SIGKILL only after the worker has left on its own
+    assert _pod(deployment)["terminationGracePeriodSeconds"] >= soft + EXIT_MARGIN
 
 
 def test_generators_take_one_gpu_each():

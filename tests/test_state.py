@@ -102,6 +102,21 @@ def test_an_expired_lease_is_re_armed_once_and_taken_over(db):
     assert state.renew(0, "t9", 30)
 
 
+def test_a_stopping_worker_hands_its_running_lease_back_once_and_the_delivery_is_not_counted(db):
+    state = new_job(db)
+    assert begin(state, 0, "t1").run and begin(state, 1, "t2").run
+    assert state.hand_back(lease(0, "t9"), 30) is None  # not our token
+    again = state.hand_back(lease(0, "t1"), 30)
+    assert (again.index, again.state, again.owner, again.args) == (0, "requeued", "reaper", ["j1", 0, "é/≠ payload"])
+    assert state.hand_back(lease(0, "t1"), 30) is None  # once
+    assert state.reap(30) == []  # re-armed with a fresh expiry: the reaper sends it only if it is lost again
+    deliveries = {k.decode(): int(v) for k, v in db.hgetall(state.keys.deliveries).items()}
+    assert deliveries == {"generate:0": 0, "generate:1": 1}  # a stop says nothing against the shard
+    assert state.record().requeues == 1 and state.requeued() == {0: 1}
+    assert not state.renew(0, "t1", 30)
+    assert begin(state, 0, "t3", owner="w2").run  # the task sent again takes it at once
+
+
 def test_a_renewed_lease_is_never_reaped(db):
     state = new_job(db)
     assert begin(state, 0, "t1", seconds=0.3).run

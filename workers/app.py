@@ -13,6 +13,8 @@ GPU workers: ``--pool solo`` (or threads) and one worker per GPU (``CUDA_VISIBLE
 engine is loaded lazily in the worker process, never in a forked parent. ``SAMPLEFLEET_PRELOAD_MODEL``
 (with ``SAMPLEFLEET_PRELOAD_ENGINE``, default transformers) loads it at start instead, so a worker for a
 model that cannot load exits at once with the reason rather than failing every shard it takes.
+Stopping (SIGTERM): the shard in hand goes back to the queue within seconds (``workers.preemption``).
+Liveness: a local heartbeat file (``workers.heartbeat``), read by ``deploy/worker_health.py live``.
 """
 from __future__ import annotations
 
@@ -31,7 +33,9 @@ from schemas.fleet import DEFAULT_QUEUES, QUEUE_GENERATE, celery_settings
 from schemas.reaper import Reaper
 from schemas.settings import SettingsError, settings
 from schemas.state import Keys
+from workers.heartbeat import Heartbeat
 from workers.jobs import connect
+from workers.preemption import STOPPER
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +46,38 @@ except SettingsError as exc:  # one line naming the variable, not a traceback fr
 app = Celery("samplefleet")
 app.conf.update(_conf)
 app.conf.task_queues = [Queue(name) for name in DEFAULT_QUEUES]
+
+
+def send(task: str, args: list, queue: str) -> None:
+    """Send a shard's task again (the reaper, a stopping worker's hand-back); defined before the tasks import it."""
+    app.send_task(task, args=args, queue=queue)
+
+
 app.autodiscover_tasks(["workers"], related_name="tasks", force=True)
+
+
+@signals.worker_init.connect
+def _liveness_and_stop(sender, **kwargs) -> None:
+    """In the main thread, before a preloaded model: the poke handler, the heartbeat, the stop budget."""
+    env = settings()
+    if os.environ.get("REMAP_SIGTERM"):
+        log.warning("REMAP_SIGTERM=%s: SIGTERM runs Celery's cold shutdown, which cannot stop a --pool solo task "
+                    "(its shard waits out a back-off); unset it: SIGTERM hands the shard back on its own",
+                    os.environ["REMAP_SIGTERM"])
+    STOPPER.install()
+    heartbeat = Heartbeat(sender.hostname, env)
+    STOPPER.on_poke.append(heartbeat.tick)
+    heartbeat.start()
+    if _prefork(sender):  # its stages run in child processes the stop sequence cannot reach: Celery's warm shutdown
+        log.warning("--pool prefork: a SIGTERM waits for the running shard (use --pool solo or threads to hand it "
+                    "back in seconds)")
+        return
+    budget = env.soft_shutdown
+    signals.worker_shutting_down.connect(lambda **kw: STOPPER.stop(budget), weak=False)
+
+
+def _prefork(worker) -> bool:
+    return "prefork" in type(worker.pool_cls).__name__.lower() or "prefork" in str(worker.pool_cls).lower()
 
 
 def _follows_models(consumer) -> bool:
@@ -61,7 +96,7 @@ def _follow_known_models(sender, **kwargs) -> None:
 def _start_reaper(sender, **kwargs) -> None:
     """Every worker runs a reaper thread; one at a time does the work (see ``schemas.reaper``)."""
     env = settings()
-    reaper = Reaper(connect(env.state), lambda task, args, queue: app.send_task(task, args=args, queue=queue), env)
+    reaper = Reaper(connect(env.state), send, env)
 
     def loop() -> None:
         while True:
@@ -89,7 +124,7 @@ def _preload(sender, **kwargs) -> None:
     model = env.preload_model
     if not model:
         return
-    if "prefork" in type(sender.pool_cls).__name__.lower() or "prefork" in str(sender.pool_cls).lower():
+    if _prefork(sender):
         log.warning("SAMPLEFLEET_PRELOAD_MODEL is ignored with the prefork pool (it would load in the parent); "
                     "use --pool solo or threads")
         return

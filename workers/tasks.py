@@ -23,13 +23,14 @@ from schemas.settings import settings
 from schemas.state import JobState, Lease
 from workers.adaptive import generate_wave, replay, wave_stage
 from workers.aggregate import shard_rows, summarise
-from workers.app import app
+from workers.app import app, send
 from workers.engines import ENGINES, Engine
 from workers.generate import generate_shard, load_engine
 from workers.jobs import finalise_once, job_state
 from workers.lease import KeepAlive, StageTimeLimit
 from workers.models import hub_models
 from workers.output import JobOutput
+from workers.preemption import STOPPER, Preempted
 from workers.score import Scorer
 from workers.scoring.plugins import load_plugins, plugin_key
 
@@ -82,8 +83,10 @@ class ShardTask(Task):
     sends the task again. Bad input or configuration (PermanentError) fails the shard at once. Anything else
     is retried with exponential back-off (the lease waits it out, then the reaper sends the task again) up to
     SAMPLEFLEET_MAX_ATTEMPTS attempts, then the shard is failed. A shard whose worker keeps dying (delivered
-    more than twice that many times) is failed as a poison shard. A failed shard never blocks the job: it ends
-    as partial. The failure names the shard's prompts (their dataset rows) when the task has them.
+    more than twice that many times) is failed as a poison shard. A worker told to stop (SIGTERM) hands the
+    shard back and sends it again at once (``workers.preemption``); that delivery is not counted. A failed
+    shard never blocks the job: it ends as partial. The failure names the shard's prompts (their dataset rows)
+    when the task has them.
     """
 
     acks_late = True
@@ -111,8 +114,11 @@ class ShardTask(Task):
         hold = KeepAlive(lambda: state.renew(index, token, env.lease_expire), env.lease_renew,
                          limit=env.stage_time_limit, what=what)
         try:
-            with hold:
+            with STOPPER.stage(what, lambda: self._hand_back(state, lease, env.lease_expire)), hold:
                 self.run(job_id, index, *rest)
+        except Preempted:
+            log.warning("%s: stopped, its worker is shutting down (the shard was handed back)", what)
+            return "handed back"
         except Exception as exc:  # noqa: BLE001 - every failure goes through the one policy below
             if hold.timed_out or isinstance(exc, StageTimeLimit):
                 exc = StageTimeLimit(f"{self.stage} ran past SAMPLEFLEET_STAGE_TIME_LIMIT={env.stage_time_limit:g}s")
@@ -120,6 +126,14 @@ class ShardTask(Task):
         state.release(index, token)
         log.info("%s: done", what)  # Celery's own "succeeded" line names only the task id
         return "done"
+
+    @staticmethod
+    def _hand_back(state: JobState, lease: Lease, seconds: float) -> None:
+        """The worker is stopping: the shard goes back to its queue now, not after its lease expires."""
+        again = state.hand_back(lease, seconds)
+        if again:
+            send(again.task, again.args, again.queue)
+            log.warning("job %s shard %d: %s handed back and sent again", state.id, lease.index, lease.stage)
 
     def _queue(self) -> str:
         info = self.request.delivery_info or {}
