@@ -5,6 +5,9 @@ Read it with ``settings()`` each time it is needed: it is cheap, and tests chang
 """
 from __future__ import annotations
 
+import os
+from functools import lru_cache
+
 from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -80,7 +83,15 @@ class Settings(BaseSettings):
 
 
 def settings() -> Settings:
-    """The settings from the environment now; SettingsError names the variable of a bad value."""
+    """The settings from the environment now; SettingsError names the variable of a bad value.
+
+    Parsed once per distinct set of ``SAMPLEFLEET_*`` variables: building a Settings costs about 2 ms, and a
+    shard task reads them several times (measured in bench/scale_sim.py: half the scorer's CPU per shard)."""
+    return _parsed(tuple(sorted((k, v) for k, v in os.environ.items() if k.upper().startswith(PREFIX))))
+
+
+@lru_cache(maxsize=16)
+def _parsed(env: tuple[tuple[str, str], ...]) -> Settings:
     try:
         return Settings()
     except ValidationError as exc:
