@@ -142,9 +142,10 @@ def submit(args: argparse.Namespace) -> int:
 
 def _finish(status) -> int:
     print(status.describe())
-    if status.status == Status.PARTIAL:
-        print(f"job {status.job_id} is PARTIAL: {len(status.failed)} shards failed (see above); "
-              f"`producer resume {status.job_id}` retries them", file=sys.stderr)
+    if status.status in (Status.PARTIAL, Status.FAILED):
+        written = "its output lacks them" if status.status == Status.PARTIAL else "no output file was written"
+        print(f"job {status.job_id} is {status.status.upper()}: {len(status.failed)} shards failed (see above), "
+              f"{written}; `producer resume {status.job_id}` retries them", file=sys.stderr)
         return 1
     return 0 if status.status == Status.DONE else 1
 

@@ -37,6 +37,12 @@ log = logging.getLogger(__name__)
 FINISHED = tuple(s.value for s in Status if s.finished)
 
 
+def redis_full(exc: BaseException) -> bool:
+    """Redis at its ``maxmemory`` under ``noeviction`` refuses writes: redis-py's OutOfMemoryError, or kombu's
+    OperationalError around the same reply ("command not allowed when used memory > 'maxmemory'")."""
+    return isinstance(exc, redis.OutOfMemoryError) or "used memory > 'maxmemory'" in str(exc)
+
+
 def redact(url: str) -> str:
     """The URL without its password, for messages."""
     parts = urlsplit(url)
@@ -107,15 +113,27 @@ class Fleet:
             raise ConfigError(f"--data_range {spec.data_range[0]} {spec.data_range[1]}: this part of the {total} "
                               "prompts is empty")
         job_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
-        done = self._open(spec, open_timeout)
-        if done:  # shards an earlier run left in the output: they must hold the same prompts as now
-            check_unchanged(done, cut_shards(stream.iterate(total), job_id, spec.shard_size))
-        queue = model_queue(spec.model)
-        record = JobRecord(id=job_id, spec=spec, shards=-(-prompts // spec.shard_size), prompts=prompts,
-                           rows_read=total, bad_rows=stream.bad_rows, created=time.time(), queue=queue)
-        state = JobState.create(self.db, record, done=done)
-        self.celery.control.broadcast("samplefleet_follow", arguments={"queue": queue})
-        self._enqueue(state, spec, stream, total, skip=set(done))
+        recorded = False
+        try:
+            done = self._open(spec, open_timeout)
+            if done:  # shards an earlier run left in the output: they must hold the same prompts as now
+                check_unchanged(done, cut_shards(stream.iterate(total), job_id, spec.shard_size))
+            queue = model_queue(spec.model)
+            record = JobRecord(id=job_id, spec=spec, shards=-(-prompts // spec.shard_size), prompts=prompts,
+                               rows_read=total, bad_rows=stream.bad_rows, created=time.time(), queue=queue)
+            state = JobState.create(self.db, record, done=done)
+            recorded = True
+            self.celery.control.broadcast("samplefleet_follow", arguments={"queue": queue})
+            self._enqueue(state, spec, stream, total, skip=set(done))
+        except Exception as exc:
+            if not redis_full(exc):
+                raise
+            then = (f"job {job_id} was recorded but not all its shards were sent: free memory, then `producer "
+                    f"resume {job_id}` sends the rest" if recorded else "free memory, then submit again")
+            raise TransientError(f"Redis refused the write: it is full (maxmemory reached; with noeviction it "
+                                 f"refuses writes instead of dropping data, so nothing it holds was lost); {then} "
+                                 "(finished jobs' keys expire, or raise maxmemory below the container's limit)") \
+                from None
         log.info("job %s: %d prompts in %d shards on queue %s", job_id, prompts, record.shards, queue)
         return job_id
 
@@ -209,7 +227,7 @@ class Fleet:
             job_id=job_id, status=record.status.value, shards=record.shards, prompts=record.prompts,
             stages=state.stage_counts(), failed=state.failures(), running=leases, requeued=state.requeued(),
             requeues=record.requeues, created=record.created, finished=record.finished, output=record.output,
-            counters=state.counters(), scored=record.spec.scored)
+            counters=state.counters(), scored=record.spec.scored, queue=record.queue)
 
     def list(self) -> list["JobStatus"]:
         out = []
@@ -293,6 +311,7 @@ class JobStatus:
     scored: bool
     requeued: dict[int, int] = field(default_factory=dict)  # shard -> times sent again after a lost worker
     requeues: int = 0
+    queue: str = ""  # the job's generate queue (generate.<model>)
 
     @property
     def seconds(self) -> float:
@@ -319,6 +338,10 @@ class JobStatus:
             lines.append("  re-queued after a lost worker: " + ", ".join(
                 f"shard {i}" + (f" ({n}x)" if n > 1 else "") for i, n in sorted(self.requeued.items())))
         lines += [f"  shard {k} failed: {v}" for k, v in sorted(self.failed.items())]
-        if self.output:
+        if self.status == Status.FAILED.value:
+            lines.append(f"  no output file: missing shards {', '.join(map(str, sorted(self.failed)))}; parts "
+                         f"kept, `producer resume {self.job_id}` retries them")
+            lines += [f"  manifest: {self.output}"] if self.output else []
+        elif self.output:
             lines.append(f"  output: {self.output}")
         return "\n".join(lines)

@@ -115,6 +115,9 @@ class JobSpec(BaseModel):
                              "defaults it to a %Y-%m-%d-%H-%M-%S.jsonl timestamp.")
     override_exist_file: bool = Field(False, description="Replace an existing output file.")
     resume: bool = Field(False, description="Continue an interrupted run from its finished shards.")
+    allow_partial: bool = Field(False, description="Fleet: when shards fail, still write the final file without "
+                                "them (job status partial; the manifest lists them). Default: the job fails, "
+                                "no final file, parts kept for `producer resume`.")
     shard_size: int = Field(32, ge=1, description="Prompts per shard: the unit of work, of retry and of resume.")
     data_range: tuple[int, int] | None = Field(None, description="'i n': run only part i of n "
                                                "(contiguous, every row in exactly one part).")
@@ -218,4 +221,4 @@ class JobSpec(BaseModel):
 
     def resume_key(self) -> dict[str, Any]:
         """The fields that decide which candidates a shard gets; a resume must not change them."""
-        return self.model_dump(mode="json", exclude={"resume", "override_exist_file"})
+        return self.model_dump(mode="json", exclude={"resume", "override_exist_file", "allow_partial"})

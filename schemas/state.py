@@ -36,7 +36,8 @@ STAGES = ("generate", "score", "aggregate")
 class Status(str, enum.Enum):
     RUNNING = "running"
     DONE = "done"
-    PARTIAL = "partial"  # every shard settled, some failed: `producer resume` retries them
+    PARTIAL = "partial"  # every shard settled, some failed, --allow_partial: final file without them
+    FAILED = "failed"  # every shard settled, some failed: no final file; `producer resume` retries them
     CANCELLED = "cancelled"
 
     @property

@@ -340,7 +340,8 @@ def tally_counts(fault: str, expected: Counter, written: Counter, **extra: objec
 
 def test_s3_write_that_keeps_failing_fails_its_shard_and_the_job_goes_on(job_dir, redis_server, workers, own_s3):
     """S3 down for longer than the retry budget: the shards tried meanwhile fail with the S3 error, the
-    rest finish once it is back; the job ends partial, and `resume` then completes it exactly."""
+    rest finish once it is back; the job ends failed (no final file, parts kept), and `resume` then completes
+    it exactly."""
     bucket = own_s3.bucket()
     env = {**own_s3.env(), "SAMPLEFLEET_S3_MAX_ATTEMPTS": "1", "SAMPLEFLEET_MAX_ATTEMPTS": "2"}
     for stage, queues in ROLES.items():
@@ -352,12 +353,14 @@ def test_s3_write_that_keeps_failing_fails_its_shard_and_the_job_goes_on(job_dir
     until(lambda: db.hlen(keys.failed) >= 1, timeout=120)
     own_s3.restart()
     waited = wait_job(redis_server.url, job_dir, job_id)
-    assert waited.returncode == 1 and "PARTIAL" in waited.stderr
+    assert waited.returncode == 1 and "FAILED" in waited.stderr and "no output file" in waited.stderr
     failed = {int(k): v.decode() for k, v in db.hgetall(keys.failed).items()}
     assert failed and all("s3://" in error or "S3" in error for error in failed.values()), failed
     assert len(failed) < SHARDS and db.scard(keys.stage["aggregate"]) == SHARDS - len(failed)
     manifest = json.loads(own_s3.client().get_object(Bucket=bucket, Key="run/s3f.manifest.json")["Body"].read())
-    assert manifest["status"] == "partial" and manifest["counts"]["shards_failed"] == len(failed)
+    assert manifest["status"] == "failed" and manifest["counts"]["shards_failed"] == len(failed)
+    assert manifest["missing_shards"] == sorted(failed)
+    assert "Contents" not in own_s3.client().list_objects_v2(Bucket=bucket, Prefix="run/s3f.jsonl")  # no final file
     resumed = run_cli("resume", job_id, "--wait", "--no_progress", broker=redis_server.url, cwd=job_dir, **env)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     expected, written = Counter(reference(job_dir)), Counter(s3_lines(own_s3, bucket, "run/s3f.jsonl"))
@@ -367,7 +370,8 @@ def test_s3_write_that_keeps_failing_fails_its_shard_and_the_job_goes_on(job_dir
 
 def test_local_write_that_keeps_failing_fails_that_shard_only(job_dir, redis_server, workers):
     """A shard whose file cannot be written (a directory stands in its place) fails with the path in
-    the error after its retries; every other shard is written and the job ends partial."""
+    the error after its retries; every other shard is written, the job ends failed with no final file and its
+    parts kept, and once the path is free `resume` completes it exactly."""
     for stage, queues in ROLES.items():
         if stage != "generate":
             workers.start(queues, SAMPLEFLEET_MAX_ATTEMPTS="2")
@@ -375,13 +379,21 @@ def test_local_write_that_keeps_failing_fails_that_shard_only(job_dir, redis_ser
     (job_dir / "sample_output" / ".blocked.jsonl.parts" / "generated" / "shard-000004.json").mkdir(parents=True)
     workers.start("generate", SAMPLEFLEET_MAX_ATTEMPTS="2")
     waited = wait_job(redis_server.url, job_dir, job_id)
-    assert waited.returncode == 1 and "PARTIAL" in waited.stderr
+    assert waited.returncode == 1 and "FAILED" in waited.stderr
     assert "shard 4 failed: generate:" in waited.stdout and "shard-000004.json" in waited.stdout
     assert "data.jsonl line" in waited.stdout  # the failed shard names its rows
-    manifest = json.loads((job_dir / "sample_output" / "blocked.manifest.json").read_text())
-    assert list(manifest["failed_shards"]) == ["4"]
-    rows = (job_dir / "sample_output" / "blocked.jsonl").read_text().splitlines()
-    assert len(rows) == len(reference(job_dir)) - 2 * 2 and set(rows) <= set(reference(job_dir))
+    assert "no output file: missing shards 4" in waited.stdout
+    out = job_dir / "sample_output"
+    manifest = json.loads((out / "blocked.manifest.json").read_text())
+    assert manifest["status"] == "failed" and list(manifest["failed_shards"]) == ["4"]
+    assert manifest["missing_shards"] == [4]
+    assert not (out / "blocked.jsonl").exists()  # never a final file short of a planned shard
+    assert len(list((out / ".blocked.jsonl.parts").glob("shard-*.done.json"))) == SHARDS - 1  # kept for resume
+    (out / ".blocked.jsonl.parts" / "generated" / "shard-000004.json").rmdir()
+    resumed = run_cli("resume", job_id, "--wait", "--no_progress", broker=redis_server.url, cwd=job_dir)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert Counter((out / "blocked.jsonl").read_text().splitlines()) == Counter(reference(job_dir))
+    assert json.loads((out / "blocked.manifest.json").read_text())["missing_shards"] == []
 
 
 # --- 4. poison shard --------------------------------------------------------------------------------------------
@@ -389,15 +401,15 @@ def test_local_write_that_keeps_failing_fails_that_shard_only(job_dir, redis_ser
 def test_poison_shard_that_kills_its_worker_is_failed_after_bounded_deliveries(job_dir, redis_server, workers):
     """A prompt that kills the generator process every time: the shard is delivered a bounded number of
     times (a supervisor restarts the dead worker), then recorded as failed with its rows; the rest of the
-    job is not blocked and it ends partial."""
+    job is not blocked and it ends partial (it asked for --allow_partial true)."""
     # short leases: what is tested is that deliveries are bounded, not how fast (test_killed_workers... is that)
     env = {"SAMPLEFLEET_LEASE_EXPIRE": "3", "SAMPLEFLEET_LEASE_RENEW": "1", "SAMPLEFLEET_REAP_INTERVAL": "1",
            "SAMPLEFLEET_MAX_ATTEMPTS": "1"}
     for stage, queues in ROLES.items():
         if stage != "generate":
             workers.start(queues, **env)
-    job_id = submit(redis_server.url, job_dir, "poison.jsonl", engine={"exit_on": "What is 7+8?"},
-                    shard_seconds=0.1, **env).stdout.split()[0]
+    job_id = submit(redis_server.url, job_dir, "poison.jsonl", "--allow_partial", "true",
+                    engine={"exit_on": "What is 7+8?"}, shard_seconds=0.1, **env).stdout.split()[0]
     db, keys = redis.Redis.from_url(redis_server.url), Keys(job_id)
     generator, deaths = workers.start("generate", **env), 0
     while db.hget(keys.job, "status") == b"running":  # the supervisor: restart the generator when it dies

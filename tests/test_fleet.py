@@ -96,16 +96,20 @@ orms["flaky"] = FailsOnTwentyOne
 '''
 
 
-def test_failing_shard_is_retried_then_failed_and_the_job_ends_partial(tmp_path, arithmetic, redis_server,
-                                                                      workers):
+def test_failing_shard_is_retried_then_failed_and_with_allow_partial_the_job_ends_partial(
+        tmp_path, arithmetic, redis_server, workers):
+    """--allow_partial true: the final file is written without the failed shard (the default fails the job
+    with no final file: tests/test_faults.py)."""
     (tmp_path / "flaky.py").write_text(FLAKY_PLUGIN)
     workers.start(SAMPLEFLEET_MAX_ATTEMPTS="2")
     proc = _submit(redis_server.url, tmp_path, str(arithmetic), *JOB, "--orm_model", "flaky", "--external_plugins",
-                   "flaky.py", "--n_best_to_keep", "1", "--output_file", "p.jsonl", SAMPLEFLEET_MAX_ATTEMPTS="2")
+                   "flaky.py", "--n_best_to_keep", "1", "--output_file", "p.jsonl", "--allow_partial", "true",
+                   SAMPLEFLEET_MAX_ATTEMPTS="2")
     assert proc.returncode == 1 and "PARTIAL" in proc.stderr
     assert "failed 1" in proc.stdout and "scorer crashed on 21+1" in proc.stdout
     manifest = json.loads((tmp_path / "sample_output" / "p.manifest.json").read_text())
     assert manifest["status"] == "partial" and manifest["counts"]["shards_failed"] == 1
+    assert manifest["missing_shards"] == [int(k) for k in manifest["failed_shards"]]
     rows = read_jsonl(tmp_path / "sample_output" / "p.jsonl")
     assert manifest["counts"]["prompts"] == 4  # the other 4 prompts: one row each unless reported as dropped
     assert len(rows) + manifest["counts"]["dropped_prompts"] == 4 and rows

@@ -160,7 +160,7 @@ def bucket_storage(s3_server, monkeypatch):
     return S3Storage(f"s3://{s3_server.bucket()}/run")
 
 
-def test_s3_lock_refuses_a_second_run_and_takes_a_stale_one_over(bucket_storage, monkeypatch):
+def test_s3_lock_refuses_a_second_run_and_takes_a_stale_one_over_by_s3s_clock(bucket_storage, monkeypatch):
     spec = _spec(bucket_storage.url)
     first = lock_output(spec, bucket_storage)
     assert isinstance(first, S3Lock)
@@ -172,15 +172,29 @@ def test_s3_lock_refuses_a_second_run_and_takes_a_stale_one_over(bucket_storage,
         first.release()
     assert not bucket_storage.exists(".o.jsonl.lock")
 
-    stale = Owner.me(spec)
-    stale.heartbeat = time.time() - output_lock.STALE - 1
-    bucket_storage.write(".o.jsonl.lock", stale.dump())  # a run that died without releasing its lock
+    # Staleness is S3's clock (Date minus LastModified), never this host's clock against the owner's `heartbeat`:
+    behind = Owner.me(spec)  # a live run on a host whose clock is an hour behind: its lock was written just now
+    behind.heartbeat = time.time() - 3600
+    bucket_storage.write(".o.jsonl.lock", behind.dump())
+    with pytest.raises(OutputError, match="being written by a live run"):
+        lock_output(spec, bucket_storage).acquire()
+
+    monkeypatch.setattr(output_lock, "STALE", 2.0)  # S3 stamps whole seconds
+    stale = Owner.me(spec)  # a run that died without releasing its lock, on a host whose clock is an hour ahead
+    stale.heartbeat = time.time() + 3600
+    bucket_storage.write(".o.jsonl.lock", stale.dump())
+    with pytest.raises(OutputError, match="being written by a live run"):
+        lock_output(spec, bucket_storage).acquire()  # not stale yet by S3's clock, whatever its record says
+    deadline = time.monotonic() + 20
+    while output_lock.s3_age(bucket_storage._get("head_object", ".o.jsonl.lock")) <= output_lock.STALE:
+        assert time.monotonic() < deadline, "S3's LastModified did not age"
+        time.sleep(0.2)
     monkeypatch.setattr(output_lock, "HEARTBEAT", 0.2)
     taker = lock_output(spec, bucket_storage)
     taker.acquire()
     try:
         held = json.loads(bucket_storage.read(".o.jsonl.lock"))
-        assert held["heartbeat"] > stale.heartbeat
+        assert held["pid"] == os.getpid() and held["heartbeat"] < stale.heartbeat
         time.sleep(0.6)
         assert json.loads(bucket_storage.read(".o.jsonl.lock"))["heartbeat"] > held["heartbeat"]  # renewed
         taker.ensure_held()

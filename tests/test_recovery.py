@@ -196,8 +196,9 @@ def test_a_stage_past_its_time_limit_fails_with_a_clear_error(tmp_path, redis_se
     data(tmp_path / "d.jsonl", n=2)
     proc = submit(redis_server.url, tmp_path, "d.jsonl", *SIM, "--output_file", "t.jsonl", "--wait",
                   "--engine_kwargs", '{"shard_seconds": 30}', **env)
-    assert proc.returncode == 1 and "PARTIAL" in proc.stderr
+    assert proc.returncode == 1 and "FAILED" in proc.stderr and "no output file was written" in proc.stderr
     assert "ran past SAMPLEFLEET_STAGE_TIME_LIMIT=2s" in proc.stdout, proc.stdout
+    assert not (tmp_path / "sample_output" / "t.jsonl").exists()
 
 
 def test_status_shows_the_shard_in_flight_with_its_worker_and_lease(tmp_path, redis_server, workers):

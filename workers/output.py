@@ -137,8 +137,13 @@ class JobOutput:
         self.storage.concat((self._part(s.index) for s in summaries), self.final)
         if self.spec.orm_model:  # the stats lines travel in the done-markers: only concatenated here
             self.storage.write(self.stats, "".join(p.to_json_line() for s in summaries for p in s.stats).encode())
-        self.storage.write(self.manifest, (json.dumps(manifest, indent=1, ensure_ascii=False) + "\n").encode())
+        self.write_manifest(manifest)
         return self.location
+
+    def write_manifest(self, manifest: dict[str, Any]) -> str:
+        """The manifest alone (a failed fleet job has one, and no final file); its location."""
+        self.storage.write(self.manifest, (json.dumps(manifest, indent=1, ensure_ascii=False) + "\n").encode())
+        return self.storage.where(self.manifest)
 
     def drop_parts(self) -> None:
         self.storage.delete_prefix(self.parts)

@@ -4,9 +4,12 @@ A second run on the same ``--output_file`` (resumed or not) is refused while the
 message naming the live run; a lock left by a run that died is taken over, so ``--resume true`` works after
 a crash. Local folders use ``filelock`` (an OS lock that dies with its process; on file systems without one,
 filelock's soft lock, whose leftover is taken over when its owner's pid is gone on this host). S3 uses a lock
-object created with a conditional PUT (``If-None-Match: *``) whose owner renews a heartbeat in it; one whose
-heartbeat is older than ``STALE`` seconds is taken over with ``If-Match`` on its ETag, so two takers cannot
-both win. Beside the lock, an owner record says who holds it: pid, host, start time and command.
+object created with a conditional PUT (``If-None-Match: *``) whose owner rewrites it every ``HEARTBEAT``
+seconds; one not rewritten for ``STALE`` seconds is taken over with ``If-Match`` on its ETag, so two takers
+cannot both win. Its age is told by S3's clock alone: the server's ``Date`` on the reply that read it minus the
+object's ``LastModified`` (both stamped by the server), never this host's clock against the ``heartbeat`` the
+owner's host wrote (hosts' clocks need not agree; the record's times are for people). Beside the lock, an owner
+record says who holds it: pid, host, start time and command.
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ import time
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +35,7 @@ from workers.storage import LocalStorage, Storage
 log = logging.getLogger(__name__)
 
 HEARTBEAT = 10.0  # seconds between renewals of an S3 lock
-STALE = 60.0      # an S3 lock not renewed for this long belongs to a dead run
+STALE = 60.0      # an S3 lock not renewed for this long (by S3's clock) belongs to a dead run
 
 
 @dataclass
@@ -76,6 +80,19 @@ class Owner:
         except PermissionError:  # alive, another user's
             return False
         return False
+
+
+def s3_age(reply: dict[str, Any]) -> float | None:
+    """Seconds since the object of a get/head reply was last written, by the server's clock (its ``Date`` header
+    minus ``LastModified``); None when the reply lacks either."""
+    date = reply.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
+    modified = reply.get("LastModified")
+    if not date or modified is None:
+        return None
+    try:
+        return (parsedate_to_datetime(date) - modified).total_seconds()
+    except (TypeError, ValueError):
+        return None
 
 
 def _refused(where: str, owner: Owner | None) -> OutputError:
@@ -173,12 +190,16 @@ class S3Lock(OutputLock):
         if self._etag is None:
             found = self.storage._get("get_object", self.key)
             holder = Owner.parse(found["Body"].read()) if found else None
+            age = s3_age(found) if found else None
             if found is None:  # released between our PUT and our read
                 self._etag = self._put(IfNoneMatch="*")
-            elif holder is None or time.time() - holder.heartbeat > STALE:
-                log.warning("%s: taking over the lock of a run that stopped renewing it (%s)", self.where,
-                            holder.describe() if holder else "unreadable")
+            elif age is not None and age > STALE:
+                log.warning("%s: taking over the lock of a run that stopped renewing it %.0fs ago by S3's clock (%s)",
+                            self.where, age, holder.describe() if holder else "unreadable")
                 self._etag = self._put(IfMatch=found["ETag"])
+            elif age is None:
+                log.warning("%s: S3 gave no Date/LastModified for the lock: it is never judged stale here; delete "
+                            "%s by hand once its run is gone", self.where, self.key)
             if self._etag is None:
                 raise _refused(self.where, holder)
         self._thread = threading.Thread(target=self._beat, name="output-lock-heartbeat", daemon=True)
