@@ -53,6 +53,7 @@ class Snapshot:
     unacked: int | None = None
     jobs: list[JobStatus] = field(default_factory=list)
     pinged: set[str] = field(default_factory=set)
+    memory: dict[str, tuple[int, int]] = field(default_factory=dict)  # role -> (used_memory, maxmemory)
     failed: list[str] = field(default_factory=list)  # the sources that did not answer
     done: bool = False  # the reader got to the end before the deadline
 
@@ -67,10 +68,28 @@ def _stage_of_failure(error: str) -> str:
     return head if head in STAGES else "unknown"
 
 
+def _memory(db: redis.Redis) -> tuple[int, int]:
+    """(used_memory, maxmemory) in bytes; at maxmemory a noeviction Redis refuses writes."""
+    info = db.info("memory")
+    return int(info["used_memory"]), int(info.get("maxmemory", 0))
+
+
 def live_holders(job: JobStatus) -> set[str]:
     """Workers holding one of the job's shards under a lease that has not expired."""
     return {lease["worker"] for lease in job.running.values()
             if lease["state"] == LeaseState.RUNNING.value and lease["expires_in"] > 0}
+
+
+def in_flight_by_queue(jobs: list[JobStatus], queues: Iterable[str] = ()) -> dict[str, int]:
+    """Shards held by a live worker, by the queue their stage's task came from (every queue in ``queues`` too, at 0):
+    generate (any adaptive wave) from the job's model queue, score and aggregate from theirs."""
+    out = Counter({queue: 0 for queue in queues})
+    for job in jobs:
+        for lease in job.running.values():
+            if lease["state"] == LeaseState.RUNNING.value:
+                stage = lease["stage"].split()[0]  # "generate (wave 2)"
+                out[job.queue if stage == "generate" else stage] += 1
+    return dict(out)
 
 
 class FleetCollector(Collector):
@@ -131,10 +150,12 @@ class FleetCollector(Collector):
             *depths, unacked = pipe.execute()
         snap.redis_up["broker"] = True
         snap.queues, snap.unacked = dict(zip(queues, depths)), unacked
+        snap.memory["broker"] = _memory(self.broker)
 
     def _read_state(self, snap: Snapshot) -> None:
         ids = [j.decode() for j in self.fleet.db.zrevrange(Keys.jobs, 0, self.recent_jobs - 1)]
         snap.redis_up["state"] = True
+        snap.memory["state"] = _memory(self.fleet.db)
         snap.jobs = [self.fleet.status(job_id) for job_id in ids]  # all or none
 
     # --- metrics -----------------------------------------------------------------------------------------
@@ -145,6 +166,15 @@ class FleetCollector(Collector):
         for role, ok in snap.redis_up.items():
             up.add_metric([role], int(ok))
         yield up
+        used = GaugeMetricFamily("samplefleet_redis_memory_used_bytes", "Memory the fleet's Redis uses.",
+                                 labels=["role"])
+        cap = GaugeMetricFamily("samplefleet_redis_maxmemory_bytes", "Its maxmemory (0: none set); there, with "
+                                "noeviction, it refuses writes: submits and workers fail.", labels=["role"])
+        for role, (in_use, limit) in snap.memory.items():
+            used.add_metric([role], in_use)
+            cap.add_metric([role], limit)
+        yield used
+        yield cap
         yield GaugeMetricFamily("samplefleet_scrape_complete", "1 when every source (broker, job state, worker "
                                 "pings) answered this scrape in time; 0 when any failed.", value=int(snap.complete))
         yield GaugeMetricFamily("samplefleet_scrape_duration_seconds", "Seconds this scrape took.", value=seconds)
@@ -153,6 +183,11 @@ class FleetCollector(Collector):
         for queue, count in snap.queues.items():
             depth.add_metric([queue], count)
         yield depth
+        running = GaugeMetricFamily("samplefleet_queue_in_flight", "Shards of a queue's stage that a worker holds "
+                                    "now (what KEDA scales on beside the waiting messages).", labels=["queue"])
+        for queue, count in sorted(in_flight_by_queue(snap.jobs, snap.queues).items()):
+            running.add_metric([queue], count)
+        yield running
         if snap.unacked is not None:
             yield GaugeMetricFamily("samplefleet_broker_unacked", "Messages delivered to workers and not yet "
                                     "acknowledged (running or reserved).", value=snap.unacked)

@@ -44,3 +44,27 @@ def worker_command(command: list[str]) -> tuple[list[str], str]:
     name = command[command.index("-n") + 1]
     assert name.endswith("@%h"), name
     return command[command.index("-Q") + 1].split(","), name.removesuffix("%h")
+
+
+_UNITS = {  # each tool's own memory units
+    "redis": {"": 1, "k": 1000, "kb": 1024, "m": 1000**2, "mb": 1024**2, "g": 1000**3, "gb": 1024**3},
+    "docker": {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3},
+    "k8s": {"": 1, "K": 1000, "M": 1000**2, "G": 1000**3, "Ki": 1024, "Mi": 1024**2, "Gi": 1024**3},
+}
+
+
+def memory_bytes(value: str | int, tool: str) -> int:
+    """Bytes of a memory size as ``tool`` reads it: Redis (``4gb``, any case), docker/compose (``8g``), Kubernetes
+    (``16Gi``)."""
+    m = re.fullmatch(r"(\d+)\s*([a-zA-Z]*)", str(value))
+    unit = m.group(2).lower() if m and tool != "k8s" else (m.group(2) if m else None)
+    assert m and unit in _UNITS[tool], f"not a {tool} memory size: {value!r}"
+    return int(m.group(1)) * _UNITS[tool][unit]
+
+
+def check_redis_memory(args: list[str], limit: str, tool: str) -> None:
+    """maxmemory set, at most half the container's memory limit (an AOF rewrite's fork can double the pages), and
+    noeviction: at maxmemory Redis refuses writes instead of dropping queued shards or job state."""
+    assert "--maxmemory" in args, "no --maxmemory: Redis would grow to its limit and be OOM-killed"
+    assert memory_bytes(args[args.index("--maxmemory") + 1], "redis") <= memory_bytes(limit, tool) // 2
+    assert args[args.index("--maxmemory-policy") + 1] == "noeviction"

@@ -54,6 +54,7 @@ class RedisServer:
     workdir: Path
     password: str | None = None
     appendonly: bool = False
+    extra: list[str] = field(default_factory=list)  # more redis-server arguments (e.g. --maxmemory 4mb)
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen | None = None
 
@@ -70,6 +71,7 @@ class RedisServer:
                 "--maxmemory-policy", "noeviction"]
         if self.password:
             args += ["--requirepass", self.password]
+        args += self.extra
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 20

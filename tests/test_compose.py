@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from conftest import ROOT
-from deploykit import ENTRYPOINT, OUR_IMAGES, VERSION, check_variable, worker_command
+from deploykit import ENTRYPOINT, OUR_IMAGES, VERSION, check_redis_memory, check_variable, worker_command
 
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES = COMPOSE["services"]
@@ -56,12 +56,13 @@ def test_services_of_a_fleet_are_there():
             "metrics"} <= set(SERVICES)
 
 
-def test_redis_persists_never_evicts_and_takes_its_password_from_a_file():
+def test_redis_persists_never_evicts_caps_its_memory_and_takes_its_password_from_a_file():
     command = SERVICES["redis"]["command"]
     assert command[command.index("--appendonly") + 1] == "yes"
     assert command[command.index("--maxmemory-policy") + 1] == "noeviction"
     assert "--requirepass" not in command and command[1] == "/run/secrets/redis_conf"
     assert "redis_conf" in SERVICES["redis"]["secrets"]
+    check_redis_memory(command, SERVICES["redis"]["mem_limit"], "docker")
 
 
 @pytest.mark.parametrize("service,queues", CELERY_ROLES.items())

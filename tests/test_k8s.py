@@ -1,16 +1,18 @@
 """deploy/k8s/, checked offline: every built-in object against Kubernetes' own schemas (PyPI's
-kubernetes-validate, strict: an unknown field fails), KEDA's objects against the schema below (the fields
-these manifests use, from KEDA's redis-lists scaler docs: kubernetes-validate has no CRD schemas), and all
-of them against the code: images, commands, queues, variables, secrets, probes.
+kubernetes-validate, strict: an unknown field fails), ScaledObjects against KEDA's own CRD schema (a fixture
+with its version: kubernetes-validate has no CRD schemas) closed as strict field validation closes it, and all
+of them against the code: images, commands, queues, variables, secrets, probes, autoscaling, Redis' memory.
 """
 from __future__ import annotations
+
+import re
 
 import jsonschema
 import pytest
 import yaml
 
 from conftest import ROOT
-from deploykit import OUR_IMAGES, VERSION, check_variable, worker_command
+from deploykit import OUR_IMAGES, VERSION, check_redis_memory, check_variable, worker_command
 
 kubernetes_validate = pytest.importorskip("kubernetes_validate", reason="kubernetes-validate (the test extra) "
                                           "is not installed")
@@ -28,50 +30,54 @@ WORKERS = {name: d for name, d in DEPLOYMENTS.items() if d["spec"]["template"]["
            == ["worker"]}
 SECRET_MOUNT = "/secrets"
 
-_REDIS_METADATA = {"type": "object", "required": ["listName", "listLength"], "additionalProperties": False,
-                   "properties": {k: {"type": "string"} for k in (
-                       "address", "host", "port", "listName", "listLength", "activationListLength", "databaseIndex",
-                       "enableTLS", "unsafeSsl", "usernameFromEnv", "passwordFromEnv", "addressFromEnv")}}
-_BEHAVIOR = {"type": "object", "additionalProperties": False, "properties": {
-    direction: {"type": "object", "additionalProperties": False, "properties": {
-        "stabilizationWindowSeconds": {"type": "integer", "minimum": 0, "maximum": 3600},
-        "selectPolicy": {"enum": ["Max", "Min", "Disabled"]},
-        "policies": {"type": "array", "minItems": 1, "items": {
-            "type": "object", "required": ["type", "value", "periodSeconds"], "additionalProperties": False,
-            "properties": {"type": {"enum": ["Pods", "Percent"]}, "value": {"type": "integer", "minimum": 1},
-                           "periodSeconds": {"type": "integer", "minimum": 1, "maximum": 1800}}}}}}
-    for direction in ("scaleUp", "scaleDown")}}
-KEDA_SCHEMAS = {
-    "ScaledObject": {"type": "object", "required": ["apiVersion", "kind", "metadata", "spec"], "properties": {
-        "apiVersion": {"const": "keda.sh/v1alpha1"},
-        "spec": {"type": "object", "required": ["scaleTargetRef", "triggers"], "additionalProperties": False,
-                 "properties": {
-                     "scaleTargetRef": {"type": "object", "required": ["name"], "additionalProperties": False,
-                                        "properties": {"name": {"type": "string"}, "kind": {"type": "string"},
-                                                       "apiVersion": {"type": "string"}}},
-                     **{k: {"type": "integer", "minimum": 0} for k in (
-                         "minReplicaCount", "maxReplicaCount", "pollingInterval", "cooldownPeriod",
-                         "idleReplicaCount")},
-                     "advanced": {"type": "object", "additionalProperties": False, "properties": {
-                         "restoreToOriginalReplicaCount": {"type": "boolean"},
-                         "horizontalPodAutoscalerConfig": {"type": "object", "additionalProperties": False,
-                                                           "properties": {"behavior": _BEHAVIOR,
-                                                                          "name": {"type": "string"}}}}},
-                     "triggers": {"type": "array", "minItems": 1, "items": {
-                         "type": "object", "required": ["type", "metadata"], "additionalProperties": False,
-                         "properties": {"type": {"const": "redis"}, "name": {"type": "string"},
-                                        "metadata": _REDIS_METADATA,
-                                        "authenticationRef": {"type": "object", "required": ["name"],
-                                                              "properties": {"name": {"type": "string"}}}}}}}}}},
-    "TriggerAuthentication": {"type": "object", "required": ["apiVersion", "kind", "metadata", "spec"], "properties": {
+# KEDA's own ScaledObject schema (its CRD's openAPIV3Schema, version in the fixture). The API server rejects unknown
+# fields of such a structural schema under strict field validation (`kubectl apply --validate=strict`), so every
+# object that lists its properties is closed here the same way.
+KEDA_CRD = yaml.safe_load((ROOT / "tests" / "fixtures" / "keda-scaledobject-schema.yaml").read_text())
+
+
+def _strict(schema: dict) -> dict:
+    schema = {k: ({n: _strict(v) for n, v in s.items()} if k == "properties" else
+                  _strict(s) if k in ("items", "additionalProperties") and isinstance(s, dict) else s)
+              for k, s in schema.items()}
+    if "properties" in schema and "additionalProperties" not in schema:
+        schema["additionalProperties"] = False
+    return schema
+
+
+SCALED_OBJECT = _strict(KEDA_CRD["openAPIV3Schema"])
+# KEDA's trigger metadata is a map of strings; what each scaler used here needs (KEDA's redis-lists and
+# prometheus scaler docs), for a misspelt key to fail:
+TRIGGER_KEYS = {"redis": ({"listName", "listLength"}, {"address", "host", "port", "listName", "listLength",
+                                                       "activationListLength", "databaseIndex", "enableTLS",
+                                                       "unsafeSsl", "usernameFromEnv", "passwordFromEnv",
+                                                       "addressFromEnv"}),
+                "prometheus": ({"serverAddress", "query", "threshold"}, {"serverAddress", "query", "threshold",
+                                                                          "activationThreshold", "namespace",
+                                                                          "ignoreNullValues"})}
+TRIGGER_AUTHENTICATION = {  # no CRD schema of KEDA's kept for it: the fields used here, from KEDA's docs
+    "type": "object", "required": ["apiVersion", "kind", "metadata", "spec"], "properties": {
         "apiVersion": {"const": "keda.sh/v1alpha1"},
         "spec": {"type": "object", "additionalProperties": False, "properties": {
             "secretTargetRef": {"type": "array", "items": {
                 "type": "object", "required": ["parameter", "name", "key"], "additionalProperties": False,
                 "properties": {"parameter": {"type": "string"}, "name": {"type": "string"},
                                "key": {"type": "string"}}}},
-            "env": {"type": "array"}}}}},
-}
+            "env": {"type": "array"}}}}}
+
+
+def _check_keda(doc: dict) -> None:
+    if doc["kind"] == "TriggerAuthentication":
+        jsonschema.validate(doc, TRIGGER_AUTHENTICATION)
+        return
+    assert doc["apiVersion"] == "keda.sh/v1alpha1" and doc["kind"] == "ScaledObject"
+    jsonschema.validate(doc, SCALED_OBJECT)
+    for trigger in doc["spec"]["triggers"]:
+        required, known = TRIGGER_KEYS[trigger["type"]]
+        keys = set(trigger["metadata"])
+        if not required <= keys or not keys <= known:
+            raise jsonschema.ValidationError(f"{trigger['type']} trigger: missing {sorted(required - keys)}, "
+                                             f"unknown {sorted(keys - known)}")
 
 
 def _pod(deployment: dict) -> dict:
@@ -107,8 +113,8 @@ def test_builtin_objects_match_the_kubernetes_schema(name, doc, version):
 
 @pytest.mark.parametrize("name,doc", [(f"{d['kind']}/{d['metadata']['name']}", d) for _, d in DOCS
                                       if d["apiVersion"].startswith("keda.sh/")])
-def test_keda_objects_match_their_schema(name, doc):
-    jsonschema.validate(doc, KEDA_SCHEMAS[doc["kind"]])
+def test_keda_objects_match_kedas_own_schema(name, doc):
+    _check_keda(doc)
 
 
 def test_a_misspelt_field_is_caught():
@@ -120,7 +126,12 @@ def test_a_misspelt_field_is_caught():
     keda = yaml.safe_load(yaml.safe_dump(BY_KIND["ScaledObject"]["scorer"]))
     keda["spec"]["triggers"][0]["metadata"]["listname"] = keda["spec"]["triggers"][0]["metadata"].pop("listName")
     with pytest.raises(jsonschema.ValidationError):
-        jsonschema.validate(keda, KEDA_SCHEMAS["ScaledObject"])
+        _check_keda(keda)
+    keda = yaml.safe_load(yaml.safe_dump(BY_KIND["ScaledObject"]["scorer"]))
+    behavior = keda["spec"]["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
+    behavior["scaledown"] = behavior.pop("scaleDown")
+    with pytest.raises(jsonschema.ValidationError, match="scaledown"):  # KEDA's schema itself, closed
+        _check_keda(keda)
 
 
 def test_kustomization_lists_every_manifest_and_pins_our_images():
@@ -168,18 +179,32 @@ def test_generators_take_one_gpu_each():
     assert "replicas" not in WORKERS["generator"]["spec"]  # KEDA owns the count
 
 
-def test_every_pool_scales_on_each_of_its_queues():
+def test_every_pool_scales_on_each_of_its_queues_waiting_and_running():
+    """Waiting: each queue's Redis list. Running: the exporter's in-flight shards of exactly those queues, one per
+    pod, so the HPA (the larger of the two) never scales below the shards in flight."""
+    from producer.metrics import FleetCollector, Snapshot
+
+    served = {f.name for f in FleetCollector._metrics(FleetCollector.__new__(FleetCollector), Snapshot(), 0.0)}
     scaled = BY_KIND["ScaledObject"]
     redis_host = f"redis.{KUSTOMIZATION['namespace']}.svc.cluster.local:6379"
     assert set(scaled) == set(WORKERS)
     for name, obj in scaled.items():
         assert obj["spec"]["scaleTargetRef"]["name"] in WORKERS
         queues, _ = worker_command(_container(WORKERS[name])["args"])
-        triggers = obj["spec"]["triggers"]
-        assert sorted(t["metadata"]["listName"] for t in triggers) == sorted(queues), name
-        for trigger in triggers:
+        waiting = [t for t in obj["spec"]["triggers"] if t["type"] == "redis"]
+        running = [t for t in obj["spec"]["triggers"] if t["type"] == "prometheus"]
+        assert sorted(t["metadata"]["listName"] for t in waiting) == sorted(queues), name
+        for trigger in waiting:
             assert trigger["metadata"]["address"] == redis_host and trigger["metadata"]["databaseIndex"] == "0"
             assert trigger["authenticationRef"]["name"] in BY_KIND["TriggerAuthentication"]
+        assert len(running) == 1 and running[0]["metadata"]["threshold"] == "1", name
+        query = running[0]["metadata"]["query"]
+        metric, selector = re.fullmatch(r"sum\((\w+)\{queue=~?\"([^\"]+)\"\}\)", query).groups()
+        assert metric == "samplefleet_queue_in_flight" and metric in served
+        assert sorted(selector.split("|")) == sorted(queues), name
+        scale_down = obj["spec"]["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]["scaleDown"]
+        assert scale_down["stabilizationWindowSeconds"] >= 300, name  # longer than a shard's stage
+        assert scale_down["policies"] == [{"type": "Pods", "value": 1, "periodSeconds": 60}], name
     assert scaled["generator"]["spec"]["minReplicaCount"] == 0  # scale to zero when nothing waits
     assert scaled["aggregator"]["spec"]["minReplicaCount"] >= 1  # control answers a new job at once
 
@@ -212,10 +237,12 @@ def test_secrets_are_files_the_secret_has_and_never_values():
     assert {"redis_conf", "redis_password"} <= _mounted_secret_keys(pods["redis"])
 
 
-def test_redis_persists_and_never_evicts():
+def test_redis_persists_never_evicts_and_caps_its_memory():
     args = BY_KIND["StatefulSet"]["redis"]["spec"]["template"]["spec"]["containers"][0]["args"]
     assert args[:2] == ["redis-server", f"{SECRET_MOUNT}/redis_conf"] and "--requirepass" not in args
     assert args[args.index("--appendonly") + 1] == "yes" and args[args.index("--maxmemory-policy") + 1] == "noeviction"
+    check_redis_memory(args, BY_KIND["StatefulSet"]["redis"]["spec"]["template"]["spec"]["containers"][0][
+        "resources"]["limits"]["memory"], "k8s")
     claim = BY_KIND["StatefulSet"]["redis"]["spec"]["volumeClaimTemplates"][0]["metadata"]["name"]
     mounts = BY_KIND["StatefulSet"]["redis"]["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
     assert {"name": claim, "mountPath": args[args.index("--dir") + 1]} in mounts

@@ -1,7 +1,8 @@
 """The exporter, the Grafana dashboard and the alert rules against a real Prometheus (Debian's `prometheus`
 package: the server and promtool). Prometheus scrapes `producer metrics` every 2 s (a scrape waits 0.8 s for pongs) during a live job run by
 a real Celery worker (the `simulated` engine), and every panel's query, dashboard variables substituted, must
-return at least one series while the job runs; the rules load in the server and pass `promtool test rules`."""
+return at least one series while the job runs, as must KEDA's queries for the running work (deploy/k8s/keda.yaml);
+the rules load in the server and pass `promtool test rules`."""
 from __future__ import annotations
 
 import json
@@ -95,6 +96,14 @@ def _panel_queries(job_id: str) -> list[tuple[str, dict]]:
     return out
 
 
+def _keda_queries(generate_queue: str) -> list[tuple[str, str]]:
+    """The Prometheus queries of deploy/k8s/keda.yaml's ScaledObjects, the generator's model queue replaced."""
+    docs = yaml.safe_load_all((ROOT / "deploy" / "k8s" / "keda.yaml").read_text())
+    return [(doc["metadata"]["name"], re.sub(r"generate\.[\w.-]+", generate_queue, t["metadata"]["query"]))
+            for doc in docs if doc and doc["kind"] == "ScaledObject"
+            for t in doc["spec"]["triggers"] if t["type"] == "prometheus"]
+
+
 @needs_prometheus
 def test_every_panel_returns_series_from_a_real_prometheus_during_a_live_job(tmp_path, redis_server, workers,
                                                                               prometheus):
@@ -125,6 +134,11 @@ def test_every_panel_returns_series_from_a_real_prometheus_during_a_live_job(tmp
             for label in re.findall(r"\{\{\s*(\w+)\s*\}\}", target.get("legendFormat", "")):
                 assert all(label in series["metric"] for series in result), f"{title}: legend {{{{{label}}}}}"
         assert not empty, "panels with no series: " + "; ".join(empty)
+        for name, query in _keda_queries("generate.sim-model"):  # what KEDA asks for the running work
+            result = _api(port, "query", query=query)["result"]
+            assert len(result) == 1, f"ScaledObject {name}: {query} -> {result}"
+            if name == "generator":
+                assert float(result[0]["value"][1]) >= 1  # the job's shard in flight keeps its pod
         progress = dict(_panel_queries(job_id))["Job progress"]["expr"]
         assert 0 <= float(_api(port, "query", query=progress)["result"][0]["value"][1]) < 1
         assert float(_api(port, "query", query=running)["result"][0]["value"][1]) == 1  # still running: live
