@@ -46,11 +46,13 @@ test: vllm-venv test-main test-vllm
 
 # Headless Chromium for tests/test_report.py's browser check and Prometheus (server and promtool) for
 # tests/test_prometheus.py, where apt is there and we are root; else those tests skip. Bubblewrap is the code
-# ORM's sandbox (without it the ORM falls back as docs/SECURITY.md says).
+# ORM's sandbox (without it the ORM falls back as docs/SECURITY.md says). RabbitMQ for tests/test_scale.py's
+# RabbitMQ-broker job (started there as a child process on free ports; it skips without the package).
 browser:
-	@{ command -v chromium && command -v prometheus && command -v promtool && command -v bwrap; } >/dev/null || \
+	@{ command -v chromium && command -v prometheus && command -v promtool && command -v bwrap && \
+	  [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ]; } >/dev/null || \
 	  { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver prometheus bubblewrap; } || \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver prometheus bubblewrap rabbitmq-server; } || \
 	  echo "no chromium/prometheus (no apt, or not root): tests/test_report.py's browser check and tests/test_prometheus.py will skip"
 
 test-main: setup browser

@@ -344,8 +344,8 @@ return 'running'
 
 # KEYS: job, aggregate set, failed, attempts, deliveries, leases, expiry, active, then the job's other kept keys
 # ARGV: status read by the caller, shard count, then the shards whose task waits in the broker.
-# Reopens the job (its keys no longer expire); returns the shards to send again: those neither aggregated, nor under a live lease, nor
-# waiting in the broker. Or {-1, status} when the job changed since the caller read it, or is done.
+# Reopens the job (its keys no longer expire); returns the shards to send again: those neither aggregated, nor
+# under a live lease, nor waiting in the broker. Or {-1, status} when the job changed since the caller read it, or is done.
 _RESUME = _LUA_NOW + """
 local status = redis.call('HGET', KEYS[1], 'status')
 if status ~= ARGV[1] or status == 'done' then return {-1, status or 'unknown'} end
