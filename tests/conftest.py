@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-pytest_plugins = ("fleetkit", "s3server")  # fixtures for real servers: redis_server, workers, s3_server
+pytest_plugins = ("fleetkit", "s3server", "vllmkit")  # real servers: redis_server, workers, s3_server, vllm_server
 # No hub at run time: every test runs offline, so a stray download fails instead of hanging.
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
            "MODELSCOPE_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
