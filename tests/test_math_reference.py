@@ -141,3 +141,12 @@ def test_the_answer_read_flag_breaks_ties_only() -> None:
     assert sel.cands[sel.rejected].text == "8"
     sel = select(spec(), _gen(("7", 1.0, None, True), ("8", 0.0, None, True), ("9", 0.0, None, True)))
     assert sel.cands[sel.rejected].text == "9"  # all read: the last, as before
+
+
+def test_stats_group_answers_as_the_orm_reads_them(scorer: Scorer) -> None:
+    """maj@n and distinct answers count the unmarked answers the ORM reads: three bare 8s outvote two 7s."""
+    from workers.stats import prompt_stats
+
+    generation = scorer.score(_shard(["7", "The answer is 7.", "8", "8", r"\boxed{8}", "no idea"])).generations[0]
+    stats = prompt_stats(scorer.spec, generation)
+    assert (stats.correct, stats.maj_at_n, stats.distinct_answers) == (2, 0.0, 2)  # "no idea" states no answer

@@ -7,10 +7,10 @@ histograms of lengths and rewards (for ``producer report``): ``TOKEN_BINS`` and 
 score has a bin (tenths of [-1, 1], a bin per decade beyond, under- and overflow bins past +-1e308).
 
 Answers are compared the way the ORM compares them: every passing candidate matches the reference, so
-all passing candidates are one answer; the others are grouped by their final answer (``math``:
-normalised, numbers by value, so 0.5 = 1/2 = \\frac{1}{2}; ``accuracy``: normalised, case-folded). With
-ORMs that read no final answer (format, length, plugins), a candidate with no marked answer counts its
-whole stripped text as its answer.
+all passing candidates are one answer; the others are grouped by their final answer (``math``: the
+answers it reads, ``answers.final_answers``, normalised, numbers by value, so 0.5 = 1/2 = \\frac{1}{2};
+``accuracy``: normalised, case-folded). With ORMs that read no final answer (format, length, plugins), a
+candidate with no marked answer counts its whole stripped text as its answer.
 """
 from __future__ import annotations
 
@@ -22,7 +22,8 @@ from fractions import Fraction
 from typing import Any
 
 from schemas import Candidate, Generation, JobSpec, PromptStats, ShardSummary
-from workers.scoring.answers import extract_answer, normalize
+from workers.score import one_orm
+from workers.scoring.answers import extract_answer, final_answers, normalize
 
 #: ORMs that grade a final answer against the reference; the rest do not read one.
 ANSWER_ORMS = ("math", "accuracy", "cosine")
@@ -52,9 +53,12 @@ def answer_key(spec: JobSpec) -> Callable[[str], str | None]:
     """How the job's ORM(s) tell answers apart: a candidate text -> its answer's key (None: no answer)."""
     names = spec.orm_names
     if "math" in names or "cosine" in names:  # cosine grades with the math ORM
-        def key(text: str) -> str | None:
-            answer = extract_answer(text)
-            return None if answer is None else (_number(normalize(answer)) or normalize(answer))
+        strict = "math" in names and one_orm(spec, "math").orm_kwargs.get("strict_format") is True
+
+        def key(text: str) -> str | None:  # every answer the math ORM reads in the text (several: one key)
+            answers = final_answers(text, strict=strict)
+            return None if answers is None else "\n".join(sorted({_number(normalize(a)) or normalize(a)
+                                                                    for a in answers}))
     elif "accuracy" in names:
         def key(text: str) -> str | None:
             answer = extract_answer(text)

@@ -85,16 +85,13 @@ def extract_answer(text: str) -> str | None:
     return ((marked[-1] or "").strip() or None) if marked else None
 
 
-def _answer_like(text: str, *, alone: bool) -> str | None:
+def _answer_like(text: str) -> str | None:
     """``text`` as an answer when it reads as one (math, perhaps with unit words after it), without its
-    delimiters, markdown stars and units; None for prose. ``alone``: the text is the whole candidate, where a
-    single word ("Yes") is an answer too."""
+    delimiters, markdown stars and units; None for prose (a word is an answer only inside a box or a mark)."""
     text = _TEXT_WRAPPER.sub(r" \1 ", _MATH_DELIMITERS.sub(" ", text)).strip(" \t*")  # markdown **7**
     text = text.removeprefix("=").strip().rstrip(".").strip(" \t*")
     if not text or _BOX.search(text):
         return None
-    if alone and re.fullmatch(r"[A-Za-z]+", text):
-        return text
     units = _UNITS.search(text)
     math = text[:units.start()].strip() if units else text
     if units and any(word.casefold() in _HEDGES for word in re.findall(r"[A-Za-z]+", units[0])):
@@ -108,7 +105,7 @@ def _stated(text: str) -> list[str]:
     for phrase in _PHRASE.finditer(text):
         rest = text[phrase.end():]
         end = _STATEMENT_END.search(rest)
-        if (answer := _answer_like(rest[:end.start()] if end else rest, alone=False)) is not None:
+        if (answer := _answer_like(rest[:end.start()] if end else rest)) is not None:
             answers.append(answer)
     return answers
 
@@ -117,7 +114,7 @@ def _last_line(text: str) -> list[str]:
     """The last line when it is only an answer, with every earlier line that is only a number (a list of
     numbers is several answers, not a final one)."""
     lines = [line for line in text.splitlines() if line.strip()]
-    last = _answer_like(lines[-1], alone=len(lines) == 1) if lines else None
+    last = _answer_like(lines[-1]) if lines else None
     if last is None:
         return []
     numbers = [n for line in lines[:-1] if (n := _MATH_DELIMITERS.sub("", line).strip(" \t*").rstrip("."))
