@@ -159,7 +159,11 @@ def command(args: argparse.Namespace) -> int:
         if not os.path.exists(args.target) and not args.broker:
             raise ConfigError(f"report {args.target}: no such output file (a fleet job id needs --broker or "
                               "SAMPLEFLEET_BROKER_URL)")
-        target = args.target if os.path.exists(args.target) else _fleet(args).status(args.target).output
+        job = None if os.path.exists(args.target) else _fleet(args).status(args.target)
+        if job is not None and job.status == Status.FAILED:
+            raise ConfigError(f"report {args.target}: the job failed and wrote no output file (`producer status "
+                              f"{args.target}` lists the missing shards; `producer resume {args.target}` retries them)")
+        target = args.target if job is None else job.output
         if target is None:
             raise ConfigError(f"report {args.target}: no such file, and the fleet's job has no output yet")
         print(f"wrote {write_report(target, args.output)}")

@@ -388,6 +388,8 @@ def test_local_write_that_keeps_failing_fails_that_shard_only(job_dir, redis_ser
     assert manifest["status"] == "failed" and list(manifest["failed_shards"]) == ["4"]
     assert manifest["missing_shards"] == [4]
     assert not (out / "blocked.jsonl").exists()  # never a final file short of a planned shard
+    report = run_cli("report", job_id, broker=redis_server.url, cwd=job_dir)
+    assert report.returncode == 2 and "the job failed and wrote no output file" in report.stderr, report.stderr
     assert len(list((out / ".blocked.jsonl.parts").glob("shard-*.done.json"))) == SHARDS - 1  # kept for resume
     (out / ".blocked.jsonl.parts" / "generated" / "shard-000004.json").rmdir()
     resumed = run_cli("resume", job_id, "--wait", "--no_progress", broker=redis_server.url, cwd=job_dir)

@@ -160,7 +160,7 @@ def test_worker_pools_run_the_real_app_on_the_code_s_queues(name):
     else:
         assert set(queues) <= set(DEFAULT_QUEUES)
     assert "command" not in _container(deployment)  # args only: the image's entrypoint reads the *_FILE secrets
-    for probe, mode in (("readinessProbe", "ready"), ("livenessProbe", "live"), ("startupProbe", "live")):
+    for probe, mode in (("readinessProbe", "ready"), ("livenessProbe", "live"), ("startupProbe", "ready")):
         if probe not in _container(deployment):
             continue
         command = " ".join(_container(deployment)[probe]["exec"]["command"])  # liveness never asks Redis
