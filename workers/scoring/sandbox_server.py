@@ -6,12 +6,13 @@ standard library only and imports nothing of the project. It reads one job per l
 ``.`` progress lines and then one result line per job on stdout.
 
 Why a fork server: an interpreter forked from this warm one starts in about a millisecond, a fresh ``python``
-in tens. Why two processes per function-style candidate: the tests run in a *judge* process that never runs
-candidate code; the candidate's functions run in a *candidate* process and are called over a pipe, with
+in tens. Why the tests run here and the candidate in a process of its own: this server (the *judge*) never
+runs candidate code; the candidate's functions run in the candidate process and are called over a pipe, with
 arguments and results as plain data (None, bool, int, float, str, bytes, complex, list, tuple, dict, set). So
 the candidate never sees the tests or the verdict channel: ``sys.exit`` before the asserts, a patched
 ``assert``, ``check`` or builtin, an object whose ``__eq__`` is always true, or lying on the pipe cannot make
-a test pass. Both are non-dumpable, so a candidate can neither ptrace nor read the judge's memory.
+a test pass. The server is non-dumpable, so a candidate (the same uid) can neither ptrace it nor read its
+memory or descriptors; it can kill it, which fails that candidate and restarts the server.
 """
 import json
 import math
@@ -26,7 +27,6 @@ import time
 import traceback
 
 FRAME_LIMIT = 32 << 20  # one call's arguments or result, encoded
-GRACE = 2.0  # seconds the judge or a process may take beyond a test's timeout before it is killed
 PR_SET_DUMPABLE = 4
 
 
@@ -207,15 +207,10 @@ def _relayed(name, message):
     return exc
 
 
-def _judge(job, requests, replies, results):
-    """The judge process: runs the trusted tests, each call of a candidate function over the pipe."""
-    _keep_only(requests, replies, results)
-    _nondumpable()
+def _judge(job, requests, replies, progress):
+    """The judge, in the server itself (never in a process that runs candidate code): runs the row's trusted
+    setup and tests in a fresh namespace, each call of a candidate function relayed over the pipe."""
     timeout = job["timeout"]
-
-    def progress():
-        os.write(results, b".")
-
     stopped = []  # the Verdict that ended the candidate, once one has
 
     def relay(name):
@@ -225,11 +220,13 @@ def _judge(job, requests, replies, results):
             if kwargs:
                 raise TypeError("keyword arguments are not supported by the sandboxed call")
             progress()
-            send(requests, {"f": name, "a": encode(list(args))})
+            request = {"f": name, "a": encode(list(args))}
             try:
+                send(requests, request)
                 reply = recv(replies, _now() + timeout)
-                if "raise" not in reply:
+                if isinstance(reply, dict) and "raise" not in reply:
                     return decode(reply["ok"])
+                error, message = str(reply["raise"]), str(reply.get("msg", ""))[:200]
             except TimeoutError:
                 stopped.append(Verdict("timeout"))
             except (EOFError, OSError):
@@ -238,32 +235,30 @@ def _judge(job, requests, replies, results):
                 stopped.append(Verdict("crashed"))  # it wrote something that is not a reply
             if stopped:
                 raise stopped[0]
-            if reply["raise"] == "MemoryError":
+            if error == "MemoryError":
                 stopped.append(Verdict("memory"))
                 raise stopped[0]
-            raise _relayed(reply["raise"], str(reply.get("msg", ""))[:200])
+            raise _relayed(error, message)
         return call
-
-    def finish(passed, verdict):
-        os.write(results, b"\n" + json.dumps({"passed": passed, "verdict": verdict}).encode())
 
     try:
         ready = recv(replies, _now() + timeout)
     except TimeoutError:
-        return finish(0, "timeout: loading the code")
+        return 0, "timeout: loading the code"
     except (EOFError, OSError):
-        return finish(0, "gone: loading the code")
+        return 0, "gone: loading the code"
     except (ValueError, TypeError, KeyError, RecursionError, AttributeError):
-        return finish(0, "crashed: loading the code")
-    if "load" in ready:
-        if ready["load"] == "MemoryError":
-            return finish(0, "memory: loading the code")
-        return finish(0, f"error: {ready['load']} loading the code")
+        return 0, "crashed: loading the code"
+    if not isinstance(ready, dict) or ready.get("ready") is not True:
+        load = ready.get("load") if isinstance(ready, dict) else None
+        if load == "MemoryError":
+            return 0, "memory: loading the code"
+        return 0, f"error: {load} loading the code" if isinstance(load, str) else "crashed: loading the code"
     env = {"__name__": "__main__"}
     try:
         exec(compile(job["setup"], "<setup>", "exec"), env)
     except Exception as exc:
-        return finish(0, f"error: the row's setup code raised {type(exc).__name__}")
+        return 0, f"error: the row's setup code raised {type(exc).__name__}"
     for name in job["names"]:
         env[name] = relay(name)
     passed, first = 0, None
@@ -278,12 +273,12 @@ def _judge(job, requests, replies, results):
             break
         except AssertionError:
             verdict = f"wrong: test {i}{_where(test, i)}"
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:
             verdict = f"error: {getattr(exc, 'candidate_error', type(exc).__name__)} on test {i}"
         first = first or verdict
         if not job["partial"]:
             break
-    finish(passed, first or "pass")
+    return passed, first or "pass"
 
 
 def _where(test, number):
@@ -323,9 +318,13 @@ class Server:
     def __init__(self, out_fd, own_pid_namespace):
         self.out = out_fd
         self.own_ns = own_pid_namespace
+        self._told = 0.0
 
     def progress(self):
-        os.write(self.out, b".\n")
+        """Tell the host we are alive (it restarts a server that is silent too long), at most once a second."""
+        if _now() - self._told > 1.0:
+            os.write(self.out, b".\n")
+            self._told = _now()
 
     def _sweep(self, pids):
         """Kill what the candidate left running: every process of the namespace but us and its init (there we
@@ -364,35 +363,23 @@ class Server:
             os.close(fd)
 
     def calls(self, job, workdir):
-        to_cand, from_judge = os.pipe()
-        from_cand, to_judge = os.pipe()
-        results_r, results_w = os.pipe()
-        cand = _fork(lambda: _candidate(job, workdir, to_cand, to_judge))
-        judge = _fork(lambda: _judge(job, from_judge, from_cand, results_w))
-        for fd in (to_cand, from_judge, from_cand, to_judge, results_w):
-            os.close(fd)
-        data, deadline = b"", _now() + job["timeout"] + GRACE
-        while True:
-            ready = select.select([results_r], [], [], max(0.0, deadline - _now()))[0]
-            chunk = os.read(results_r, 65536) if ready else None
-            if not chunk:
-                break
-            data += chunk
-            self.progress()
-            deadline = _now() + job["timeout"] + GRACE
-        os.close(results_r)
-        line = data.partition(b"\n")[2]
-        result = json.loads(line) if line else None
-        ended = result is not None and result["verdict"].startswith("gone") and self._wait(cand, _now() + 0.5)
-        statuses = self._sweep([cand, judge])
-        if result is None:
-            return {"passed": 0, "verdict": "timeout: the judge" if chunk is None else "crashed: the judge"}
-        if result["verdict"].startswith("gone"):  # how the candidate ended: by itself, or by a limit
-            status = statuses[cand]
+        to_cand, requests = os.pipe()
+        replies, from_cand = os.pipe()
+        cand = _fork(lambda: _candidate(job, workdir, to_cand, from_cand))
+        os.close(to_cand)
+        os.close(from_cand)
+        try:
+            passed, verdict = _judge(job, requests, replies, self.progress)
+        finally:
+            os.close(requests)
+            os.close(replies)
+        ended = verdict.startswith("gone") and self._wait(cand, _now() + 0.5)
+        status = self._sweep([cand])[cand]
+        if verdict.startswith("gone"):  # how the candidate ended: by itself, or by a limit
             how = ("crashed" if not ended else "exited" if os.WIFEXITED(status)  # sys.exit / os._exit
                    else _signalled(os.WTERMSIG(status)))
-            result["verdict"] = how + result["verdict"][len("gone"):]
-        return result
+            verdict = how + verdict[len("gone"):]
+        return {"passed": passed, "verdict": verdict}
 
     def stdio(self, job, workdir):
         passed, first = 0, None
