@@ -135,9 +135,9 @@ class Workers:
                 "--loglevel", "INFO", "--without-mingle", "--without-gossip"]
         if queues:
             args += ["-Q", queues]
+        env.setdefault("SAMPLEFLEET_HEARTBEAT_DIR", str(self.logdir / "heartbeat"))  # not the shared /tmp
         proc = subprocess.Popen(args, cwd=ROOT, env=fleet_env(self.broker, **env), stdout=log.open("w"),
                                 stderr=subprocess.STDOUT)
-        env.setdefault("SAMPLEFLEET_HEARTBEAT_DIR", str(self.logdir / "heartbeat"))  # not the shared /tmp
         worker = Worker(name, proc, log, queues, env)
         self.started.append(worker)
         if wait:
