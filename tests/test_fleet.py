@@ -211,8 +211,8 @@ def test_metrics_show_queue_depth_and_job_progress(tmp_path, arithmetic, redis_s
             except OSError:
                 time.sleep(0.3)
         assert 'samplefleet_queue_depth{queue="generate.smollm2-135m-instruct"} 5' in text
-        assert f'samplefleet_job_shards{{job="{job_id}"}} 5.0' in text
-        assert f'samplefleet_job_stage_shards{{job="{job_id}",stage="generate",state="done"}} 0.0' in text
+        assert f'samplefleet_job_shards{{job_id="{job_id}"}} 5.0' in text
+        assert f'samplefleet_job_stage_shards{{job_id="{job_id}",stage="generate",state="done"}} 0.0' in text
     finally:
         exporter.terminate()
         exporter.wait(10)
