@@ -72,7 +72,8 @@ class JobSpec(BaseModel):
     system: str | None = Field(None, description="System prompt put before every prompt that has none.")
     sampling: SamplingParams = Field(default_factory=SamplingParams)
     orm_model: str | None = Field(None, description="Outcome reward model: math, accuracy, format, repetition, "
-                                  "length, or a name an --external_plugins file registers.")
+                                  "length, code, swift's cosine, soft_overlong, react_format, toolbench, or a name "
+                                  "an --external_plugins file registers; several: math,format.")
     orm_kwargs: dict[str, Any] = Field(default_factory=dict, description="Options of the ORM (JSON), e.g. "
                                        '{"timeout": 5} for math, {"pattern": "..."} for format.')
     prm_model: str | None = Field(None, description="Process/outcome reward model: a registered name, or a model "
