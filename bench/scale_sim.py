@@ -3,7 +3,7 @@
 
     flock /tmp/samplefleet-cpu.lock .venv/bin/python bench/scale_sim.py --generators 256 --prompts 100000 \\
         --json bench/results/scale-sim-256x100k.json [--jobs 1] [--per-process 64] [--pool threads]
-        [--shard-size 32] [--n 4] [--shard-seconds 10] [--max-new 16] [--finished-ttl 0]
+        [--shard-size 32] [--n 4] [--shard-seconds 20] [--max-new 16] [--finished-ttl 0]
     .venv/bin/python bench/scale_sim.py --plot bench/results/scale-sim.png bench/results/scale-sim-*.json
 
 The generators are ``ceil(N / per-process)`` Celery worker processes with the threads pool (``--pool threads
@@ -71,14 +71,27 @@ def submit_options(args, data: Path, out: Path) -> list[str]:
             "--override_exist_file", "true", "--no_progress", "--dataset_shuffle", "false"]
 
 
-def submit_cli(fleet: Fleet, argv: list[str]) -> tuple[str, dict]:
-    """`producer submit` under /usr/bin/time -v: the job id, its wall seconds and peak RSS."""
+def submit_cli(fleet: Fleet, argv: list[str], polls: Polls, every: float) -> tuple[str, dict, dict]:
+    """`producer submit` under /usr/bin/time -v: the job id, its wall seconds and peak RSS, and Redis's peak used
+    memory and generate queue while it ran (sampled every ``every`` seconds)."""
     timing = fleet.workdir / "submit-time.txt"
-    proc = subprocess.run(["/usr/bin/time", "-v", "-o", str(timing), PY, "-m", "producer", *argv, "--broker",
-                           fleet.url], cwd=REPO, env=fleet.env(), capture_output=True, text=True)
+    proc = subprocess.Popen(["/usr/bin/time", "-v", "-o", str(timing), PY, "-m", "producer", *argv, "--broker",
+                             fleet.url], cwd=REPO, env=fleet.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    peak, pipe = {"used_memory": 0, "llen": 0, "bytes": 0}, fleet.db.pipeline(transaction=False)
+    while proc.poll() is None:
+        pipe.info("memory")
+        pipe.llen(QUEUE)
+        pipe.memory_usage(QUEUE)
+        mem, llen, size = polls.run(pipe, "info", "llen", "memory")
+        peak["used_memory"] = max(peak["used_memory"], mem["used_memory"])
+        if llen > peak["llen"]:
+            peak.update(llen=llen, bytes=size)
+        time.sleep(every)
+    out, err = proc.communicate()
     if proc.returncode:
-        raise RuntimeError(f"submit failed: {proc.stderr[-2000:]}")
-    return proc.stdout.strip().splitlines()[-1].split()[-1], parse_time_v(timing.read_text())
+        raise RuntimeError(f"submit failed: {err[-2000:]}")
+    return out.strip().splitlines()[-1].split()[-1], parse_time_v(timing.read_text()), peak
 
 
 def submit_many(fleet: Fleet, argvs: list[list[str]]) -> tuple[list[str], list[float]]:
@@ -244,7 +257,7 @@ def run(args) -> dict:
         reaps: list[dict] = []
         loads: list[list[float]] = []
         if args.jobs == 1:
-            job_id, timing = submit_cli(fleet, argvs[0])
+            job_id, timing, during = submit_cli(fleet, argvs[0], polls, args.sample_every / 2)
             ids = [job_id]
             record["submit_seconds"], record["submit_peak_rss_mb"] = timing["wall_s"], timing.get("peak_rss_mb")
             record["submit_timing"] = timing
@@ -269,6 +282,9 @@ def run(args) -> dict:
         progress: dict[str, int] = {}
         finished: dict[str, dict] = {}
         peak_mem, peak_queue, last_sample, last_reap = base_mem, {"llen": 0}, 0.0, time.perf_counter()
+        if args.jobs == 1:
+            peak_mem, peak_queue = max(base_mem, during["used_memory"]), {"llen": during["llen"],
+                                                                          "bytes": during["bytes"]}
         deadline = time.perf_counter() + args.timeout
         while len(finished) < len(ids):
             if time.perf_counter() > deadline:
@@ -285,8 +301,9 @@ def run(args) -> dict:
             for j in waiting:
                 pipe.hget(keys[j].job, "finished")
             for j, fin in zip(waiting, polls.run(pipe, *["hget"] * len(waiting))):
-                if fin:
-                    finished[j] = {"finished": float(fin)}
+                if fin:  # read now: with a short --finished-ttl the first jobs expire before the last ends
+                    polls.update(["hgetall"] + ["memory", "ttl"] * len(keys[j].all()))
+                    finished[j] = {"finished": float(fin), "record": fleet.job(j), "memory": key_memory(db, j)}
             if time.perf_counter() - last_sample >= args.sample_every:
                 last_sample = time.perf_counter()
                 pipe.info("memory")
@@ -322,8 +339,8 @@ def run(args) -> dict:
         busy, others1 = host_busy() - busy0, others_snapshot(mine)
         fin_after = time.perf_counter()
         # a finished job's keys after the run: bytes, TTLs; then the reaper's pass over finished jobs
-        records = {j: fleet.job(j) for j in ids}
-        memory_after = {j: key_memory(db, j) for j in ids}
+        records = {j: finished[j]["record"] for j in ids}
+        memory_after = {j: finished[j]["memory"] for j in ids}
         seconds, _, commands = reaping.sweep()
         reaper_after = {"seconds": round(seconds, 5), "commands": commands, "finished_jobs": len(ids)}
         rows = [check_rows(fleet.workdir / f"out-{j}", per_job, args.n) for j in range(args.jobs)]
@@ -392,8 +409,8 @@ def plot(paths: list[Path], out: Path) -> None:
     runs = [json.loads(p.read_text()) for p in paths]
     gen = sorted((r for r in runs if r["settings"].get("series") == "generators"), key=lambda r: r["settings"]
                  ["generators"])
-    size = sorted((r for r in runs if r["settings"].get("series") == "size"), key=lambda r: (r["prompts"],
-                                                                                          r["jobs"]))
+    size = sorted((r for r in runs if r["settings"].get("series") in ("size", "main")),
+                  key=lambda r: (r["jobs"] > 1, r["prompts"]))
     fig, axes = plt.subplots(2, 3, figsize=(15, 8))
     if gen:
         x = [r["settings"]["generators"] for r in gen]
@@ -448,13 +465,13 @@ def main() -> None:
     ap.add_argument("--shard-size", type=int, default=32)
     ap.add_argument("--n", type=int, default=4)
     ap.add_argument("--max-new", type=int, default=16)
-    ap.add_argument("--shard-seconds", type=float, default=10.0, help="the simulated generation time of a shard")
+    ap.add_argument("--shard-seconds", type=float, default=20.0, help="the simulated generation time of a shard")
     ap.add_argument("--finished-ttl", type=int, help="SAMPLEFLEET_FINISHED_TTL for the fleet (default: its own)")
     ap.add_argument("--sample-every", type=float, default=1.0)
     ap.add_argument("--reap-every", type=float, default=5.0)
     ap.add_argument("--idle-seconds", type=float, default=5.0, help="idle traffic measured before the submit")
     ap.add_argument("--timeout", type=float, default=1200)
-    ap.add_argument("--series", default="", help="label for --plot: generators or size")
+    ap.add_argument("--series", default="", help="label for --plot: generators, size, or main (the 256 x 100k run)")
     ap.add_argument("--plot", type=Path, help="draw the summary PNG from the JSON files given after the options")
     ap.add_argument("files", nargs="*", type=Path)
     args = ap.parse_args()
