@@ -150,3 +150,15 @@ def test_stats_group_answers_as_the_orm_reads_them(scorer: Scorer) -> None:
     generation = scorer.score(_shard(["7", "The answer is 7.", "8", "8", r"\boxed{8}", "no idea"])).generations[0]
     stats = prompt_stats(scorer.spec, generation)
     assert (stats.correct, stats.maj_at_n, stats.distinct_answers) == (2, 0.0, 2)  # "no idea" states no answer
+
+
+def test_looping_output_is_read_in_one_pass() -> None:
+    """A model stuck in a loop: thousands of unclosed boxes, answer phrases, stars. Read in linear time (the
+    earlier per-box scan and nested star quantifiers took minutes on these); no timing asserted here."""
+    from workers.scoring.answers import extract_answer, final_answers
+
+    assert final_answers("\\boxed{" * 20000) is None and extract_answer("\\boxed{" * 20000) is None
+    assert final_answers("\\boxed{7}" * 20000) == ["7"]
+    assert final_answers("answer" + "*" * 5000 + "x") is None
+    assert final_answers("the answer is " * 5000) is None
+    assert final_answers("1\n" * 20000 + "7") == ["1", "7"]

@@ -25,7 +25,7 @@ _OWN_DELIMITERS = re.compile(r"(?<!\\)\$|\\\(|\\\[")
 
 # --- unmarked answers: a stated phrase, or a last line that is only the answer ----------------------------------
 #: "the answer is", "Final answer:", "**Answer:**", "Answer =" (markdown stars allowed around the colon)
-_PHRASE = re.compile(r"\banswer(?:\*+|\s)*(?:is\b\s*:?|:|=)(?:\*+|[ \t])*", re.IGNORECASE)
+_PHRASE = re.compile(r"\banswer[\s*]*(?:is\b\s*:?|:|=)[ \t*]*", re.IGNORECASE)
 #: where a stated answer ends: a line end, a sentence end (a dot not inside a number), or a clause after a comma
 _STATEMENT_END = re.compile(r"\n|(?<!\d)\.|\.(?!\d)|[?!;]|,\s+(?=[A-Za-z]{2})|\s+(?:because|since|as|so)\b",
                             re.IGNORECASE)
@@ -38,29 +38,32 @@ _PROSE = re.compile(r"(?<![A-Za-z\\])(?:[A-Za-z]{3,}|(?:am|an|as|at|be|by|do|go|
 _UNITS = re.compile(r"(?<=[\d})\]%])(?:\s+[A-Za-z]{2,}(?:\^\{?\d+\}?)?){1,2}$")
 _HEDGES = frozenset({"or", "and", "not", "but", "no", "maybe", "perhaps", "probably", "either"})
 _NUMBER_LINE = re.compile(r"[-+]?\d[\d,]*(?:\.\d+)?")
+#: how far after an answer phrase its answer may run (an answer is short; this keeps the reading linear)
+STATEMENT_CHARS = 1000
 
 
-def _braced(text: str, start: int) -> str | None:
-    """The text up to the brace that closes the one opened just before ``start``; None when unbalanced."""
-    depth, i = 1, start
+def _boxes(text: str) -> list[str | None]:
+    """The content of every ``\\boxed{}`` / ``\\fbox{}`` in order, nested braces included; None for an unbalanced
+    one. One pass over the text, however many boxes (a looping model may write thousands, unclosed)."""
+    opened = {box.end(): n for n, box in enumerate(_BOX.finditer(text))}  # where a box's content starts -> box
+    if not opened:
+        return []
+    contents: list[str | None] = [None] * len(opened)
+    stack: list[int] = []  # the content start of each open brace
+    i = min(opened) - 1  # the first box's opening brace
     while i < len(text):
         char = text[i]
         if char == "\\":
             i += 2  # an escaped character (\{ \} \\) never opens or closes a group
             continue
         if char == "{":
-            depth += 1
-        elif char == "}":
-            depth -= 1
-            if depth == 0:
-                return text[start:i]
+            stack.append(i + 1)
+        elif char == "}" and stack:
+            start = stack.pop()
+            if start in opened:
+                contents[opened[start]] = text[start:i]
         i += 1
-    return None
-
-
-def _boxes(text: str) -> list[str | None]:
-    """The content of every ``\\boxed{}`` / ``\\fbox{}``, nested braces included; None for an unbalanced one."""
-    return [_braced(text, box.end()) for box in _BOX.finditer(text)]
+    return contents
 
 
 def _marked(text: str) -> list[str | None]:
@@ -103,7 +106,7 @@ def _stated(text: str) -> list[str]:
     """Every answer-like statement after an answer phrase ("The answer is 7.", "Final answer: $7$")."""
     answers = []
     for phrase in _PHRASE.finditer(text):
-        rest = text[phrase.end():]
+        rest = text[phrase.end():phrase.end() + STATEMENT_CHARS]
         end = _STATEMENT_END.search(rest)
         if (answer := _answer_like(rest[:end.start()] if end else rest)) is not None:
             answers.append(answer)
