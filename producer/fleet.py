@@ -102,13 +102,13 @@ class Fleet:
         """
         open_timeout = open_timeout or settings().open_timeout
         spec = absolute_paths(spec)
+        check_scoring(spec)
         self._refuse_live_output(spec)
         stream = PromptStream(spec)
         total = stream.count()
         if total == 0:
             raise ConfigError(f"no prompts in {', '.join(map(str, spec.datasets))}")
         prompts = part_size(spec, total)
-        check_scoring(spec)
         if prompts == 0:
             raise ConfigError(f"--data_range {spec.data_range[0]} {spec.data_range[1]}: this part of the {total} "
                               "prompts is empty")
