@@ -105,7 +105,10 @@ HIDDEN = ("/tmp", "/var/tmp", "/dev/shm", "/root", "/home", str(Path(__file__).r
 
 
 def _unshare_command() -> list[str]:
-    hidden = [d for d in dict.fromkeys((*HIDDEN, os.getcwd())) if os.path.isdir(d) and d != "/"]
+    hidden: list[str] = []
+    for d in dict.fromkeys((*HIDDEN, os.getcwd())):  # a folder inside one already hidden is gone with it
+        if os.path.isdir(d) and d != "/" and not any(Path(d).is_relative_to(h) for h in hidden):
+            hidden.append(d)
     mounts = " && ".join(f"mount -t tmpfs -o size={TMPFS_BYTES},mode={1777 if d in HIDDEN[:3] else 755} sandbox '{d}'"
                          for d in hidden)
     return ["unshare", "--net", "--pid", "--fork", "--kill-child", "--mount-proc", "--propagation", "private",
