@@ -114,7 +114,9 @@ def test_a_worker_whose_writes_are_refused_says_why_and_the_job_ends_whole(tmp_p
         workers.replace(worker)  # the supervisor (compose's restart policy, Kubernetes)
         resumed = run_cli("resume", job_id, "--wait", "--no_progress", broker=small_redis.url, cwd=tmp_path,
                           timeout=300, **FAST)
-        assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+        # the restarted worker may have finished the job from the messages still queued before resume ran
+        finished_first = resumed.returncode == 2 and "is done: nothing to resume" in resumed.stderr
+        assert resumed.returncode == 0 or finished_first, resumed.stdout + resumed.stderr
         rows = read_jsonl(tmp_path / "out" / "w.jsonl")
         per_prompt = Counter(r["id"] for r in rows)
         assert len(per_prompt) == 6 and set(per_prompt.values()) == {2}  # N=2 for each prompt: none lost or doubled
