@@ -44,23 +44,23 @@ vllm-venv: $(VLLM_STAMP) model
 
 test: vllm-venv test-main test-vllm
 
-# Headless Chromium for tests/test_report.py's browser check and Prometheus (server and promtool) for
-# tests/test_prometheus.py, where apt is there and we are root; else those tests skip. Bubblewrap is the code
-# ORM's sandbox (without it the ORM falls back as docs/SECURITY.md says). RabbitMQ for tests/test_scale.py's
+# Headless Chromium for tests/deploy/test_report.py's browser check and Prometheus (server and promtool) for
+# tests/deploy/test_prometheus.py, where apt is there and we are root; else those tests skip. Bubblewrap is the code
+# ORM's sandbox (without it the ORM falls back as docs/SECURITY.md says). RabbitMQ for tests/fleet/test_scale.py's
 # RabbitMQ-broker job (started there as a child process on free ports; it skips without the package).
 browser:
 	@{ command -v chromium && command -v prometheus && command -v promtool && command -v bwrap && \
 	  [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ]; } >/dev/null || \
 	  { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver prometheus bubblewrap rabbitmq-server; } || \
-	  echo "no chromium/prometheus (no apt, or not root): tests/test_report.py's browser check and tests/test_prometheus.py will skip"
+	  echo "no chromium/prometheus (no apt, or not root): tests/deploy/test_report.py's browser check and tests/deploy/test_prometheus.py will skip"
 
 test-main: setup browser
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 test-vllm: vllm-venv
 	VLLM_CPU_OMP_THREADS_BIND=0-1 VLLM_CPU_NUM_OF_RESERVED_CPU=0 \
-	  $(VLLM_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/test_vllm.py
+	  $(VLLM_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/model/test_vllm.py
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) sample_output build *.egg-info

@@ -1,5 +1,5 @@
 """A throwaway fleet for benchmarks: one redis-server and Celery worker processes on 127.0.0.1,
-all stopped when the ``with`` block ends. No pytest here (tests/fleetkit.py is the pytest twin),
+all stopped when the ``with`` block ends. No pytest here (tests/kits/fleet.py is the pytest twin),
 and helpers that every fleet benchmark needs: machine facts, queue depths, medians.
 """
 from __future__ import annotations

@@ -10,11 +10,10 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-pytest_plugins = ("fleetkit", "s3server", "vllmkit")  # real servers: redis_server, workers, s3_server, vllm_server
-# No hub at run time: every test runs offline, so a stray download fails instead of hanging.
-OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "MODELSCOPE_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+from kits import OFFLINE, ROOT
+
+# real servers: redis_server, workers (kits.fleet), s3_server (kits.s3), vllm_server (kits.vllm)
+pytest_plugins = ("kits.fleet", "kits.s3", "kits.vllm")
 os.environ.update(OFFLINE)
 
 

@@ -2,14 +2,14 @@
 # The GPU path in one command, for a CUDA machine with no network (see bench/README.md, "GPU check"):
 #   1. installs the carried wheels (CARRY/wheels/*.whl, made by bench/gpu/wheels.sh) into a temporary site folder
 #      with `pip install --no-index --no-deps --target`, first on PYTHONPATH (nothing is installed system-wide);
-#   2. runs the tests marked `gpu` (tests/test_gpu.py) and keeps their log;
+#   2. runs the tests marked `gpu` (tests/model/test_gpu.py) and keeps their log;
 #   3. runs bench/gpu/bench.py: our transformers engine vs bare generate vs generate_batch, and PRM batching;
 #   4. leaves gpu-check.json, gpu-check.md, gpu-tests.log and bench.log in the output folder, prints a summary.
 # The tokenizer and config of SmolLM2 come from CARRY/model (made by wheels.sh: no weights travel; every model
 # is built from a config with random weights), else from the demo model folder.
 #
 # Usage: bench/gpu/check.sh [--cpu] [--carry DIR] [--out DIR] [--python PY] [--no-tests] [-- BENCH_ARGS...]
-#   --cpu      the same steps on the CPU with tiny sizes (tests/test_gpu_check.py runs this, so it cannot rot)
+#   --cpu      the same steps on the CPU with tiny sizes (tests/model/test_gpu_check.py runs this, so it cannot rot)
 #   --carry    folder with wheels/ and model/ (default bench/gpu/carry; none with --cpu)
 #   --out      results folder (default $OUT, else bench/out/gpu-check)
 #   --python   interpreter (default: python3 on a GPU machine, .venv/bin/python with --cpu when it exists)
@@ -84,7 +84,7 @@ STATUS=0 TESTS_LINE="not run"
 if [ "$TESTS" = 1 ]; then
   echo "== tests marked gpu"
   [ "$MODE" = cpu ] && export GPU_CHECK_DEVICE=cpu
-  "$PY" -m pytest -q -p no:cacheprovider -o timeout=180 -m gpu -rs tests/test_gpu.py >"$RESULTS/gpu-tests.log" 2>&1
+  "$PY" -m pytest -q -p no:cacheprovider -o timeout=180 -m gpu -rs tests/model/test_gpu.py >"$RESULTS/gpu-tests.log" 2>&1
   RC=$?
   unset GPU_CHECK_DEVICE
   tail -n 15 "$RESULTS/gpu-tests.log"
