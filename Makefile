@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.samplefleet-installed
 VLLM_VENV ?= .venv-vllm
 VLLM_STAMP := $(VLLM_VENV)/.samplefleet-installed
 
-.PHONY: setup model demo test test-main test-vllm vllm-venv browser clean
+.PHONY: setup model demo test test-fast test-main test-vllm vllm-venv browser clean
 
 setup: $(STAMP) model
 
@@ -55,8 +55,15 @@ browser:
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver prometheus bubblewrap rabbitmq-server; } || \
 	  echo "no chromium/prometheus (no apt, or not root): tests/deploy/test_report.py's browser check and tests/deploy/test_prometheus.py will skip"
 
+# The whole suite in TEST_PROCESSES pytest-xdist processes: most tests wait on servers, workers and child
+# processes, so 2 cores carry more than 2. A run that collects nothing exits 5 (tests/conftest.py): make fails.
+TEST_PROCESSES ?= 4
 test-main: setup browser
-	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	$(PY) -m pytest -q -p no:cacheprovider -n $(TEST_PROCESSES) --dist loadgroup $(PYTEST_ARGS)
+
+# The unit tier (no servers, no model): for every commit.
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider tests/unit $(PYTEST_ARGS)
 
 test-vllm: vllm-venv
 	VLLM_CPU_OMP_THREADS_BIND=0-1 VLLM_CPU_NUM_OF_RESERVED_CPU=0 \

@@ -88,6 +88,14 @@ def workers(redis_server: RedisServer, tmp_path: Path) -> Iterator[Workers]:
     pool.stop_all()
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (`make test` runs `-n`, `--dist loadgroup`) the tests of one session-wide ``vllm serve``
+    share one test process, so only one server starts."""
+    for item in items:
+        if "vllm_server" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("vllm_server"))
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """A run that collected nothing must fail even if a plugin or option turned exit code 5 into 0."""
     if session.testscollected == 0:
