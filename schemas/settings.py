@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas.errors import ConfigError
@@ -47,7 +47,6 @@ class Settings(BaseSettings):
     heartbeat_dir: str | None = Field(None, description="Folder of the heartbeat files (local to the worker's "
                                       "host or container); default: <temp dir>/samplefleet-heartbeat.")
     max_attempts: int = Field(3, ge=1, description="Failed attempts after which a shard is marked failed.")
-    finalise_timeout: int = Field(1800, ge=1, description="Seconds a finaliser may hold the job's lock.")
     finished_ttl: int = Field(7 * 24 * 3600, ge=0, description="Seconds a finished (done, partial or cancelled) "
                               "job's keys stay in Redis for `producer status`, `list` and `resume` (resuming "
                               "keeps them again); then they expire (0: kept forever).")
@@ -60,6 +59,19 @@ class Settings(BaseSettings):
     threads: int | None = Field(None, ge=1, description="torch intra-op threads of each process that runs a model, "
                                 "and the cap on its math-checker processes; default: the cores the process may use "
                                 "(CPU affinity, cgroup quota).")
+    cache: str | None = Field(None, description="Folder of samplefleet's own files (the demo model, converted "
+                              "once); default: ~/.cache/samplefleet.")
+    s3_endpoint: str | None = Field(None, description="S3 endpoint URL (MinIO, Ceph, a test server); default: "
+                                    "AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL if set, else AWS's own.")
+    s3_max_attempts: int = Field(8, description="Tries of one S3 call, the first included, with exponential "
+                                 "back-off on throttling, 5xx and connection errors.")
+
+    @field_validator("s3_max_attempts", mode="before")
+    @classmethod
+    def _whole(cls, value: object) -> int:
+        if not str(value).isdigit() or int(str(value)) < 1:
+            raise ValueError("expected a whole number >= 1")
+        return int(str(value))
 
     @model_validator(mode="after")
     def _timings(self) -> "Settings":
@@ -72,6 +84,12 @@ class Settings(BaseSettings):
                              f"SAMPLEFLEET_HEARTBEAT_INTERVAL ({self.heartbeat_interval:g}): one late write must "
                              "not restart a worker")
         return self
+
+    @property
+    def broker_given(self) -> str | None:
+        """SAMPLEFLEET_BROKER_URL when it is set (the producer's default --broker); without it a job runs in the
+        producer's own process, while a worker uses the default broker."""
+        return self.broker_url if "broker_url" in self.model_fields_set else None
 
     @property
     def state(self) -> str:
@@ -98,6 +116,6 @@ def _parsed(env: tuple[tuple[str, str], ...]) -> Settings:
         problems = []
         for err in exc.errors():
             name = PREFIX + str(err["loc"][0]).upper() if err["loc"] else ""
-            problems.append(f"{name}={err.get('input')!r}: {err['msg']}" if name else err["msg"].removeprefix(
-                "Value error, "))
+            message = err["msg"].removeprefix("Value error, ")
+            problems.append(f"{name}={err.get('input')!r}: {message}" if name else message)
         raise SettingsError("; ".join(problems)) from None

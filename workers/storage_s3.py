@@ -17,7 +17,8 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, ConnectionError, HTTPClientError, IncompleteReadError
 
-from schemas.errors import ConfigError, OutputError, TransientError
+from schemas.errors import OutputError, TransientError
+from schemas.settings import settings
 from workers.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -49,8 +50,8 @@ def _client_config(attempts: int) -> Config:
 
 def _endpoint() -> str | None:
     """SAMPLEFLEET_S3_ENDPOINT wins; AWS_ENDPOINT_URL(_S3) is read here too for boto3 versions that ignore it."""
-    return (os.environ.get("SAMPLEFLEET_S3_ENDPOINT") or os.environ.get("AWS_ENDPOINT_URL_S3")
-            or os.environ.get("AWS_ENDPOINT_URL") or None)
+    return (settings().s3_endpoint or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+            or None)
 
 
 class S3Storage(Storage):
@@ -60,10 +61,7 @@ class S3Storage(Storage):
         self.url = url.rstrip("/")
         self.bucket, _, prefix = url[5:].partition("/")
         self.root = prefix.strip("/") + "/" if prefix.strip("/") else ""
-        attempts = os.environ.get("SAMPLEFLEET_S3_MAX_ATTEMPTS", "8")
-        if not attempts.isdigit() or int(attempts) < 1:
-            raise ConfigError(f"SAMPLEFLEET_S3_MAX_ATTEMPTS={attempts!r}: expected a whole number >= 1")
-        self.attempts = int(attempts)
+        self.attempts = settings().s3_max_attempts
         try:
             self._session = boto3.session.Session()   # the usual chain: env, profile, config files, instance role
             creds = self._session.get_credentials()

@@ -11,7 +11,6 @@ VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["versi
 ENTRYPOINT = ROOT / "deploy" / "docker-entrypoint.sh"
 OUR_IMAGES = {"samplefleet-cpu", "samplefleet-gpu"}
 NATIVE_FILE_VARIABLES = {"AWS_SHARED_CREDENTIALS_FILE"}  # boto3 reads the file itself
-READ_DIRECTLY = {"SAMPLEFLEET_CACHE"}  # workers/models.py's cache folder, not a Settings field
 
 
 def settings_fields() -> set[str]:
@@ -32,7 +31,7 @@ def check_variable(where: str, key: str) -> None:
     if key.endswith("_FILE") and key not in NATIVE_FILE_VARIABLES:
         assert base in entrypoint_names(), f"{where}: {key} is not turned into {base} by the entrypoint"
     name = base if key.endswith("_FILE") and key not in NATIVE_FILE_VARIABLES else key
-    if name.startswith("SAMPLEFLEET_") and name not in READ_DIRECTLY:
+    if name.startswith("SAMPLEFLEET_"):
         assert name in settings_fields(), f"{where}: {key} is read nowhere"
 
 
