@@ -15,17 +15,20 @@ from typing import Any
 
 from schemas import Candidate, Generation, JobSpec, Prompt, SamplingParams
 from schemas.errors import ConfigError, ModelLoadError
-from workers.engines.base import Engine
+from workers.engines.base import Engine, sampling_kwargs
 from workers.models import resolve_model
+
+_NAMES = {"max_tokens": "max_new_tokens", "stop": "stop_words"}  # ours (sampling_kwargs) -> GenerationConfig's
 
 
 def generation_configs(params: SamplingParams, seed: int) -> list[dict[str, Any]]:
-    """``GenerationConfig`` keyword arguments for the N copies of one prompt (copy k gets seed + k)."""
+    """``GenerationConfig`` keyword arguments for the N copies of one prompt (copy k gets seed + k): LMDeploy's
+    names, ``do_sample``, and greedy as LMDeploy spells it (temperature 1, top_k 1)."""
     sampled = params.temperature > 0
-    base = {"n": 1, "max_new_tokens": params.max_new_tokens, "do_sample": sampled,
-            "temperature": params.temperature if sampled else 1.0, "top_p": params.top_p,
-            "top_k": params.top_k if sampled else 1, "repetition_penalty": params.repetition_penalty,
-            "stop_words": list(params.stop_words) or None}
+    base = {_NAMES.get(k, k): v for k, v in sampling_kwargs(params, None, n=1).items()}
+    base.update(do_sample=sampled, stop_words=base.get("stop_words"))  # None: no stop words
+    if not sampled:
+        base.update(temperature=1.0, top_k=1)
     return [{**base, "random_seed": seed + k} for k in range(params.num_return_sequences)]
 
 

@@ -19,23 +19,10 @@ from typing import Any
 
 from schemas import Candidate, Generation, JobSpec, Prompt, SamplingParams
 from schemas.errors import ConfigError, ModelLoadError
-from workers.engines.base import Engine
+from workers.engines.base import Engine, sampling_kwargs
 from workers.models import resolve_model
 
 log = logging.getLogger(__name__)
-
-
-def sampling_kwargs(params: SamplingParams, seed: int | None) -> dict[str, Any]:
-    """Our sampling record as ``vllm.SamplingParams`` keyword arguments (pure, so it is tested without vLLM)."""
-    kwargs: dict[str, Any] = {"n": params.num_return_sequences, "max_tokens": params.max_new_tokens,
-                              "temperature": params.temperature, "top_p": params.top_p,
-                              "top_k": params.top_k if params.top_k > 0 else 0,
-                              "repetition_penalty": params.repetition_penalty}
-    if params.stop_words:
-        kwargs["stop"] = list(params.stop_words)
-    if seed is not None:
-        kwargs["seed"] = seed
-    return kwargs
 
 
 def llm_kwargs(spec: JobSpec) -> dict[str, Any]:
