@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from schemas.errors import ConfigError
+from schemas.output_names import OutputNames
 
 MAX_LISTED = 200  # prompts without a row listed on the page (the manifest has them all)
 
@@ -30,25 +31,21 @@ class Run:
     stats: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _stem(output: Path) -> Path:
-    return output.with_suffix("") if output.suffix == ".jsonl" else output
-
-
 def load_run(output: str | Path) -> Run:
     """The run whose output file is ``output``; a clear error when its manifest is not beside it."""
     if str(output).startswith("s3://"):
         raise ConfigError(f"report {output}: reads a local output; copy the .jsonl, .manifest.json and "
                           ".stats.jsonl files from S3 first (aws s3 cp) and pass the local .jsonl")
     path = Path(output)
-    stem = _stem(path)
-    manifest_path = stem.with_name(stem.name + ".manifest.json")
+    names = OutputNames(path.name)
+    manifest_path = path.with_name(names.manifest)
     if not manifest_path.is_file():
         raise ConfigError(f"report {output}: no manifest at {manifest_path} (is this a finished run's output?)")
     try:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     except ValueError as exc:
         raise ConfigError(f"report {output}: {manifest_path} is not valid JSON ({exc})") from None
-    stats_path = stem.with_name(stem.name + ".stats.jsonl")
+    stats_path = path.with_name(names.stats)
     stats = []
     if stats_path.is_file():
         for number, line in enumerate(stats_path.read_text(encoding="utf-8").splitlines(), 1):
@@ -190,7 +187,6 @@ figcaption{{font-size:13px;color:#555}}</style></head>
 def write_report(output: str | Path, report: str | Path | None = None) -> Path:
     """Write the report of the run whose output is ``output``; default ``<output name>.report.html`` beside it."""
     run = load_run(output)
-    stem = _stem(run.output)
-    target = Path(report) if report else stem.with_name(stem.name + ".report.html")
+    target = Path(report) if report else run.output.with_name(OutputNames(run.output.name).report)
     target.write_text(render(run), encoding="utf-8")
     return target

@@ -1,7 +1,7 @@
 """A job's output: one part per shard, then the final jsonl and its manifest, on any Storage.
 
 Each shard's rows go to ``.<output_file>.parts/shard-NNNNNN.jsonl`` and then a ``.done.json``
-marker (its ShardSummary); both writes are atomic, so a killed run leaves whole parts or none, and
+marker (its ShardSummary; every name is in schemas/output_names.py); both writes are atomic, so a killed run leaves whole parts or none, and
 a re-run shard overwrites its own part instead of adding rows. Only ``finalise`` creates the final
 file, as one atomic write of the parts' concatenation, and only when every planned shard's part is there:
 a run can never replace a finished output with a smaller one.
@@ -15,6 +15,7 @@ from typing import Any
 
 from schemas import JobSpec, OutputRow, ShardSummary
 from schemas.errors import OutputError
+from schemas.output_names import OutputNames
 from workers.output_lock import OutputLock, lock_output
 from workers.storage import Storage, open_storage
 
@@ -38,11 +39,8 @@ class JobOutput:
     def __init__(self, spec: JobSpec, storage: Storage | None = None) -> None:
         self.spec = spec
         self.storage = storage or open_storage(spec.output_dir)
-        name = spec.output_file
-        self.final = name
-        self.manifest = (name[: -len(".jsonl")] if name.endswith(".jsonl") else name) + ".manifest.json"
-        self.stats = self.manifest[: -len(".manifest.json")] + ".stats.jsonl"  # with an ORM (workers/stats.py)
-        self.parts = f".{name}.parts/"
+        self.names = names = OutputNames(spec.output_file)
+        self.final, self.manifest, self.stats, self.parts = names.final, names.manifest, names.stats, names.parts
 
     @property
     def location(self) -> str:
@@ -56,7 +54,7 @@ class JobOutput:
         """Refuse to start when the run would clobber or mix with something; say what to do instead."""
         spec, storage = self.spec, self.storage
         storage.check_writable()
-        has_parts = storage.exists(self.parts + "job.json") or bool(storage.list(self.parts))
+        has_parts = storage.exists(self.names.job) or bool(storage.list(self.parts))
         if storage.exists(self.final) and not spec.override_exist_file:
             if spec.resume and not has_parts:
                 raise OutputError(f"{self.location} is already complete: nothing to resume "
@@ -68,7 +66,7 @@ class JobOutput:
                               "--resume true to continue it, or --override_exist_file true to start over")
         if has_parts and spec.resume:
             try:
-                saved = _flat(json.loads(storage.read(self.parts + "job.json")))
+                saved = _flat(json.loads(storage.read(self.names.job)))
             except (OSError, ValueError) as exc:
                 raise OutputError(f"--resume: {storage.where(self.parts)} has no readable job.json ({exc}); "
                                   "start over with --override_exist_file true") from exc
@@ -87,32 +85,23 @@ class JobOutput:
                 raise OutputError(f"{self.storage.where(self.parts)}: cannot clear the parts of the earlier run "
                                   f"({len(left)} files left, e.g. {left[0]}); remove that folder, or pass "
                                   "--resume true to continue that run")
-        self.storage.write(self.parts + "job.json", json.dumps(self.spec.resume_key(), indent=1).encode())
+        self.storage.write(self.names.job, json.dumps(self.spec.resume_key(), indent=1).encode())
         return {s.index for s in self.summaries()}
-
-    def _part(self, index: int) -> str:
-        return f"{self.parts}shard-{index:06d}.jsonl"
-
-    def _done(self, index: int) -> str:
-        return f"{self.parts}shard-{index:06d}.done.json"
 
     def write_shard(self, rows: Iterable[OutputRow], summary: ShardSummary) -> None:
         """The part, then its done-marker: a shard counts as done only when both are in place."""
-        self.storage.write(self._part(summary.index), "".join(r.to_json_line() for r in rows).encode())
-        self.storage.write(self._done(summary.index), summary.model_dump_json().encode())
-
-    def _stage(self, stage: str, index: int) -> str:
-        return f"{self.parts}{stage}/shard-{index:06d}.json"
+        self.storage.write(self.names.part(summary.index), "".join(r.to_json_line() for r in rows).encode())
+        self.storage.write(self.names.done(summary.index), summary.model_dump_json().encode())
 
     def write_stage(self, stage: str, index: int, text: str) -> None:
         """A fleet stage's result for one shard (candidates, scores), passed on by reference."""
-        self.storage.write(self._stage(stage, index), text.encode())
+        self.storage.write(self.names.stage(stage, index), text.encode())
 
     def read_stage(self, stage: str, index: int) -> str:
-        return self.storage.read(self._stage(stage, index)).decode()
+        return self.storage.read(self.names.stage(stage, index)).decode()
 
     def has_stage(self, stage: str, index: int) -> bool:
-        return self.storage.exists(self._stage(stage, index))
+        return self.storage.exists(self.names.stage(stage, index))
 
     def summaries(self) -> list[ShardSummary]:
         return sorted((ShardSummary.model_validate_json(self.storage.read(k))
@@ -134,7 +123,7 @@ class JobOutput:
             raise OutputError(f"{self.location} was not written: {len(missing)} of {planned} shards have no part "
                               f"in {self.storage.where(self.parts)} (first: shard {missing[0]}); another run may "
                               "have finished this output meanwhile")
-        self.storage.concat((self._part(s.index) for s in summaries), self.final)
+        self.storage.concat((self.names.part(s.index) for s in summaries), self.final)
         if self.spec.orm_model:  # the stats lines travel in the done-markers: only concatenated here
             self.storage.write(self.stats, "".join(p.to_json_line() for s in summaries for p in s.stats).encode())
         self.write_manifest(manifest)
