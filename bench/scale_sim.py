@@ -143,7 +143,7 @@ def others_top(before: dict, after: dict, top: int = 6) -> list[dict]:
 
 def key_memory(db, job_id: str) -> dict:
     """Bytes and TTLs of a job's keys (MEMORY USAGE, exact)."""
-    from schemas.state import Keys
+    from workers.lifecycle.keys import Keys
 
     keys = Keys(job_id).all()
     pipe = db.pipeline(transaction=False)
@@ -181,7 +181,7 @@ class Reaping:
         import redis
 
         from producer.fleet import Fleet as Producer
-        from schemas.reaper import Reaper
+        from workers.lifecycle.reaper import Reaper
         from schemas.settings import settings
 
         self.count = 0
@@ -268,7 +268,7 @@ def run(args) -> dict:
             record["submit_seconds_per_job"] = {"median": round(statistics.median(seconds), 3),
                                                 "max": round(max(seconds), 3)}
             record["submit_command"] = f"{args.jobs} x Fleet.submit of: producer " + shlex.join(argvs[0])
-        from schemas.state import Keys
+        from workers.lifecycle.keys import Keys
 
         keys = {j: Keys(j) for j in ids}
         pipe = db.pipeline(transaction=False)

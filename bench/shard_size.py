@@ -34,7 +34,7 @@ def submit_args(args, size: int, out: str) -> list[str]:
 
 
 def run_once(fleet: Fleet, args, size: int, rnd: int) -> dict:
-    from schemas.state import Keys
+    from workers.lifecycle.keys import Keys
 
     seen = len(fleet.log("generator"))
     argv = submit_args(args, size, str(fleet.workdir / f"out-{size}-{rnd}"))

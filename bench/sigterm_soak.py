@@ -39,11 +39,6 @@ def job_args(kind: str, shard_seconds: float) -> list[str]:
     return args + (["--target_correct", "2", "--wave_size", "2"] if kind == "adaptive" else [])
 
 
-def step(lease) -> float:
-    """A shard's steps in order (wave 0 generate, score, wave 1 generate, ..., aggregate), as _BEGIN orders them."""
-    return float("inf") if lease.stage == "aggregate" else lease.wave * 2 + (lease.stage == "score")
-
-
 class Soak:
     def __init__(self, fleet: Fleet, workdir: Path) -> None:
         self.fleet, self.workdir, self.count = fleet, workdir, 0
@@ -93,7 +88,7 @@ class Soak:
         while again is None and time.monotonic() - sent < 120:
             now = state.leases().get(index)
             if (now and now[0].owner.split("@")[0] not in (victim, "reaper") and now[0].state == "running"
-                    and step(now[0]) >= step(lease)) or index in state.aggregated():
+                    and now[0].rank >= lease.rank) or index in state.aggregated():  # rank: the step's place
                 again = time.monotonic() - sent
             time.sleep(0.02)
         code = proc.wait(60)
@@ -108,7 +103,7 @@ class Soak:
                 "handed_back": "handed back and sent again" in log}
 
     def job(self, kind: str, job_no: int, per_job: int, rng: random.Random) -> list[dict]:
-        from schemas.state import JobState
+        from workers.lifecycle.state import JobState
 
         data = self.workdir / "data.jsonl"
         out = f"{kind}-{job_no}.jsonl"

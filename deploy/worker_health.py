@@ -24,7 +24,7 @@ def ready(name: str, *, timeout: float = 1.0) -> str | None:
     """How ``name`` was seen (``ping`` or ``lease``), or None."""
     from producer.fleet import Fleet  # here: the liveness check imports neither Celery nor redis
     from producer.metrics import live_holders
-    from schemas.state import active_jobs
+    from workers.lifecycle.state import active_jobs
 
     fleet = Fleet.from_settings(settings().broker_url)
     app = fleet.celery

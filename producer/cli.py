@@ -14,9 +14,9 @@ from producer.options import SWIFT_OPTIONS, add_job_options, spec_from_args
 from producer.submit import check_scoring, run_local
 from schemas import JobSpec
 from schemas.errors import ConfigError, SampleFleetError
-from schemas.fleet import tls_options
-from schemas.state import Status
+from schemas.jobstate import Status
 from schemas.settings import settings
+from workers.broker import tls_options
 
 log = logging.getLogger("producer")
 

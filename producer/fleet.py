@@ -1,21 +1,16 @@
 """The producer's side of the fleet: record a job in Redis, enqueue its shards, report and steer it.
 
 Tasks are sent by name (``schemas.fleet``) and the job state is changed only through
-``schemas.state``: the producer never imports the workers. Every option and every row is checked
-before anything is enqueued, and
-the output location is checked by a worker (which holds the storage credentials) through the
-``open_job`` task, so a job that cannot finish never half-starts.
+``workers.lifecycle`` (torch-free): the producer never imports the workers' tasks. Every option and every
+row is checked before anything is enqueued, and the output location is checked by a worker (which holds
+the storage credentials) through the ``open_job`` task, so a job that cannot finish never half-starts.
 """
 from __future__ import annotations
 
-import json
 import logging
-import re
 import time
 import uuid
-from dataclasses import dataclass, field
 from functools import cached_property
-from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
@@ -25,13 +20,16 @@ from celery.exceptions import TimeoutError as CeleryTimeout
 from producer.datasets import PromptStream
 from producer.submit import absolute_paths, check_scoring, cut_shards, part_size
 from schemas import JobSpec
-from schemas.errors import ConfigError, DataError, OutputError, SampleFleetError, TransientError
-from schemas.fleet import (QUEUE_AGGREGATE, QUEUE_CONTROL, QUEUE_SCORE, TASK_GENERATE, TASK_OPEN, celery_settings,
-                           model_queue, redis_options)
-from schemas.reaper import Reaper
+from schemas.errors import ConfigError, DataError, OutputError, SampleFleetError, StateError, TransientError
+from schemas.fleet import QUEUE_CONTROL, TASK_GENERATE, TASK_OPEN, model_queue
+from schemas.jobstate import HeldLease, JobRecord, JobStatus, Status
 from schemas.records import check_unchanged, fingerprint
 from schemas.settings import settings
-from schemas.state import STAGES, JobRecord, JobState, Keys, LeaseState, StateError, Status, active_jobs
+from workers.broker import celery_settings, redis_options
+from workers.lifecycle.keys import Keys
+from workers.lifecycle.reaper import Reaper
+from workers.lifecycle.resume import reopen
+from workers.lifecycle.state import JobState, active_jobs
 
 log = logging.getLogger(__name__)
 FINISHED = tuple(s.value for s in Status if s.finished)
@@ -192,23 +190,6 @@ class Fleet:
             state.remember(seen)
         return sent
 
-    def _waiting(self, record: JobRecord) -> set[int]:
-        """The job's shards whose task waits in a queue of the broker, read from the tasks' ``argsrepr``
-        ("('JOB', SHARD, ..."). A task a worker took but has not begun is not counted: if that worker is alive
-        it begins at once (and a copy sent now finds its lease), if it died, its task is lost until the
-        visibility timeout, so sending it again is right."""
-        if urlsplit(self.broker).scheme not in ("redis", "rediss", "unix"):
-            return set()  # RabbitMQ's queues cannot be read without taking the messages: a copy sent again skips
-        broker = redis.Redis.from_url(self.broker, **redis_options())
-        pattern = re.compile(r"\('" + re.escape(record.id) + r"', (\d+)")
-        found: set[int] = set()
-        for queue in (record.queue, QUEUE_SCORE, QUEUE_AGGREGATE):
-            for start in range(0, broker.llen(queue), 1000):
-                for raw in broker.lrange(queue, start, start + 999):
-                    if m := pattern.match(json.loads(raw).get("headers", {}).get("argsrepr") or ""):
-                        found.add(int(m.group(1)))
-        return found
-
     # --- inspect and steer -----------------------------------------------------------------------------------
 
     def _record(self, job_id: str) -> JobRecord:
@@ -218,18 +199,17 @@ class Fleet:
             raise ConfigError(f"job {job_id!r}: unknown (see `producer list`; if Redis lost its data, submit the "
                               "same job again with --resume true: shards already in the output are kept)") from None
 
-    def status(self, job_id: str) -> "JobStatus":
+    def status(self, job_id: str) -> JobStatus:
         record, state = self._record(job_id), self.state(job_id)
-        leases = {i: {"stage": lease.stage + (f" (wave {lease.wave})" if lease.wave else ""), "worker": lease.owner,
-                      "state": lease.state.value, "age": round(age, 1), "expires_in": round(left, 1)}
-                  for i, (lease, age, left) in state.leases().items()}
+        leases = {i: HeldLease(held.lease, round(held.age, 1), round(held.expires_in, 1))
+                  for i, held in state.leases().items()}
         return JobStatus(
             job_id=job_id, status=record.status.value, shards=record.shards, prompts=record.prompts,
             stages=state.stage_counts(), failed=state.failures(), running=leases, requeued=state.requeued(),
             requeues=record.requeues, created=record.created, finished=record.finished, output=record.output,
             counters=state.counters(), scored=record.spec.scored, queue=record.queue)
 
-    def list(self) -> list["JobStatus"]:
+    def list(self) -> list[JobStatus]:
         out = []
         for job_id in self.db.zrevrange(Keys.jobs, 0, -1):
             try:
@@ -266,7 +246,7 @@ class Fleet:
                             "data, or submit a new job")
         check_unchanged(state.fingerprints(), cut_shards(stream.iterate(total), job_id, spec.shard_size))
         try:
-            again = state.resume(record.status, record.shards, self._waiting(record))
+            again = reopen(state, record, self.broker)
         except StateError as exc:
             raise ConfigError(str(exc)) from None
         if not again:
@@ -274,7 +254,7 @@ class Fleet:
             return 0
         return self._enqueue(state, spec, stream, total, skip=set(), only=set(again))
 
-    def wait(self, job_id: str, *, progress: bool = True, poll: float = 0.5) -> "JobStatus":
+    def wait(self, job_id: str, *, progress: bool = True, poll: float = 0.5) -> JobStatus:
         """Show a bar per stage until the job ends; its last status. Makes the reaper's pass as it waits."""
         from producer.progress import StageBars
 
@@ -294,54 +274,3 @@ class Fleet:
             bars.close()
         return status
 
-
-@dataclass(frozen=True)
-class JobStatus:
-    job_id: str
-    status: str
-    shards: int
-    prompts: int
-    stages: dict[str, int]
-    failed: dict[int, str]
-    running: dict[int, dict]  # shard -> its lease: stage, worker, state, age (s), expires_in (s)
-    created: float
-    finished: float | None
-    output: str | None
-    counters: dict[str, int]
-    scored: bool
-    requeued: dict[int, int] = field(default_factory=dict)  # shard -> times sent again after a lost worker
-    requeues: int = 0
-    queue: str = ""  # the job's generate queue (generate.<model>)
-
-    @property
-    def seconds(self) -> float:
-        return (self.finished or time.time()) - self.created
-
-    def describe(self) -> str:
-        """The text of `producer status`."""
-        stages = [s for s in STAGES if s != "score" or self.scored]
-        lines = [f"job {self.job_id}: {self.status}, {self.prompts} prompts in {self.shards} shards, "
-                 f"{self.seconds:.0f}s",
-                 "  " + ", ".join(f"{stage} {self.stages[stage]}/{self.shards}" for stage in stages)
-                 + f", failed {len(self.failed)}, in flight {len(self.running)}, re-queued {self.requeues}"]
-        if self.counters:
-            rate = self.counters.get("candidates", 0) / max(self.seconds, 1e-9)
-            lines.append(f"  {self.counters.get('rows', 0)} rows, {self.counters.get('candidates', 0)} samples, "
-                         f"{self.counters.get('tokens', 0)} tokens ({rate:.1f} samples/s)")
-        for index, lease in sorted(self.running.items()):
-            held = {LeaseState.RUNNING: f"on {lease['worker']}", LeaseState.RETRY: "waiting to retry",
-                    LeaseState.REQUEUED: "sent again (its worker was lost)"}[LeaseState(lease["state"])]
-            expiry = (f"lease expires in {lease['expires_in']:.0f}s" if lease["expires_in"] >= 0 else
-                      f"lease expired {-lease['expires_in']:.0f}s ago")
-            lines.append(f"  shard {index}: {lease['stage']} {held}, for {lease['age']:.0f}s, {expiry}")
-        if self.requeued:
-            lines.append("  re-queued after a lost worker: " + ", ".join(
-                f"shard {i}" + (f" ({n}x)" if n > 1 else "") for i, n in sorted(self.requeued.items())))
-        lines += [f"  shard {k} failed: {v}" for k, v in sorted(self.failed.items())]
-        if self.status == Status.FAILED.value:
-            lines.append(f"  no output file: missing shards {', '.join(map(str, sorted(self.failed)))}; parts "
-                         f"kept, `producer resume {self.job_id}` retries them")
-            lines += [f"  manifest: {self.output}"] if self.output else []
-        elif self.output:
-            lines.append(f"  output: {self.output}")
-        return "\n".join(lines)

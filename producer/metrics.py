@@ -30,17 +30,16 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from producer.fleet import Fleet, JobStatus
+from producer.fleet import Fleet
 from schemas.fleet import DEFAULT_QUEUES
-from schemas.state import STAGES, Keys, LeaseState, Status
+from schemas.jobstate import STAGES, JobStatus, ShardState, Stage, Status
+from workers.lifecycle.keys import Keys
 
 log = logging.getLogger(__name__)
 JOB_STATES = tuple(s.value for s in Status)
 # A shard at a stage: done past it, in_flight (a worker holds its lease), retrying (a failed attempt waits out
-# its back-off), requeued (its worker was lost; sent again), failed there.
-SHARD_STATES = ("done", "in_flight", "retrying", "requeued", "failed")
-LEASE_STATES = {LeaseState.RUNNING.value: "in_flight", LeaseState.RETRY.value: "retrying",
-                LeaseState.REQUEUED.value: "requeued"}
+# its back-off), requeued (its worker was lost; sent again), failed there (a queued shard is in no series).
+SHARD_STATES = tuple(s.value for s in ShardState if s is not ShardState.QUEUED)
 SOCKET = {"socket_timeout": 1.0, "socket_connect_timeout": 1.0, "retry": Retry(NoBackoff(), 0)}
 
 
@@ -76,8 +75,8 @@ def _memory(db: redis.Redis) -> tuple[int, int]:
 
 def live_holders(job: JobStatus) -> set[str]:
     """Workers holding one of the job's shards under a lease that has not expired."""
-    return {lease["worker"] for lease in job.running.values()
-            if lease["state"] == LeaseState.RUNNING.value and lease["expires_in"] > 0}
+    return {held.lease.owner for held in job.running.values()
+            if held.shard_state is ShardState.IN_FLIGHT and held.expires_in > 0}
 
 
 def in_flight_by_queue(jobs: list[JobStatus], queues: Iterable[str] = ()) -> dict[str, int]:
@@ -85,10 +84,10 @@ def in_flight_by_queue(jobs: list[JobStatus], queues: Iterable[str] = ()) -> dic
     generate (any adaptive wave) from the job's model queue, score and aggregate from theirs."""
     out = Counter({queue: 0 for queue in queues})
     for job in jobs:
-        for lease in job.running.values():
-            if lease["state"] == LeaseState.RUNNING.value:
-                stage = lease["stage"].split()[0]  # "generate (wave 2)"
-                out[job.queue if stage == "generate" else stage] += 1
+        for held in job.running.values():
+            if held.shard_state is ShardState.IN_FLIGHT:
+                stage = held.lease.stage
+                out[job.queue if stage == Stage.GENERATE else stage] += 1
     return dict(out)
 
 
@@ -226,8 +225,7 @@ class FleetCollector(Collector):
             for name in sorted({*JOB_STATES, current}):
                 status.add_metric([job.job_id, name], int(name == current))
             shards.add_metric([job.job_id], job.shards)
-            held = Counter((lease["stage"], LEASE_STATES[lease["state"]])
-                           for lease in job.running.values())
+            held = Counter((lease.label, lease.shard_state.value) for lease in job.running.values())
             held.update((_stage_of_failure(error), "failed") for error in job.failed.values())
             for name in STAGES:
                 stage.add_metric([job.job_id, name, "done"], job.stages.get(name, 0))
@@ -236,9 +234,9 @@ class FleetCollector(Collector):
             failed.add_metric([job.job_id], len(job.failed))
             in_flight.add_metric([job.job_id], sum(n for (_, state), n in held.items() if state == "in_flight"))
             requeued.add_metric([job.job_id], job.requeues)
-            expired.add_metric([job.job_id], sum(lease["expires_in"] <= 0 for lease in job.running.values()))
-            oldest.add_metric([job.job_id], max((lease["age"] for lease in job.running.values()
-                                                 if lease["state"] == LeaseState.RUNNING.value), default=0))
+            expired.add_metric([job.job_id], sum(lease.expires_in <= 0 for lease in job.running.values()))
+            oldest.add_metric([job.job_id], max((lease.age for lease in job.running.values()
+                                                 if lease.shard_state is ShardState.IN_FLIGHT), default=0))
             seconds = max(job.seconds, 1e-9)
             for family, rate, key in ((samples, samples_rate, "candidates"), (tokens, tokens_rate, "tokens")):
                 family.add_metric([job.job_id], job.counters.get(key, 0))

@@ -1,15 +1,13 @@
 """``producer submit``: read and check the data, cut it into shards, run them.
 
 With no broker the shards run in this process (the embedded default). The
-stages live in ``workers``, which the producer never imports at module level:
-the embedded backend is looked up by name when a run starts, so importing the
-producer stays free of torch.
+stages live in ``workers``, which the producer imports only inside the functions
+that run or check a job, so importing the producer stays free of torch.
 """
 from __future__ import annotations
 
 import functools
 import hashlib
-import importlib
 import json
 import logging
 import time
@@ -24,8 +22,6 @@ from schemas import JobSpec, Prompt, PromptShard
 from schemas.errors import DataError
 
 log = logging.getLogger(__name__)
-
-EMBEDDED_BACKEND = "workers.embedded"
 
 
 @dataclass(frozen=True)
@@ -67,7 +63,9 @@ def absolute_paths(spec: JobSpec) -> JobSpec:
 
 def check_scoring(spec: JobSpec) -> None:
     """The reward-model checks (``workers.scoring.preflight``), imported only when a job is submitted."""
-    importlib.import_module("workers.scoring.preflight").check_scoring(spec)
+    from workers.scoring import preflight
+
+    preflight.check_scoring(spec)
 
 
 def part_size(spec: JobSpec, total: int) -> int:
@@ -104,14 +102,15 @@ def run_local(spec: JobSpec, *, progress: bool = True) -> RunResult:
         yield from cut_shards(stream.iterate(counting.result()[0]), job, spec.shard_size)
 
     with count_aside(stream) as counting:
-        backend = importlib.import_module(EMBEDDED_BACKEND)
+        from workers.embedded import run_job  # torch loads here, while the data is counted (not at import)
+
         if counting.finished(0.1):  # small data, a missing file, a bad first row: known before any model loads
             plan()
         try:
-            path, manifest = backend.run_job(spec, shards(), job_id=job, plan=plan,
-                                             on_shard=lambda summary, resumed: bars[0](summary, resumed),
-                                             on_progress=lambda tokens, samples: bars[0].working(tokens, samples),
-                                             recheck=shards() if spec.resume else None)
+            path, manifest = run_job(spec, shards(), job_id=job, plan=plan,
+                                     on_shard=lambda summary, resumed: bars[0](summary, resumed),
+                                     on_progress=lambda tokens, samples: bars[0].working(tokens, samples),
+                                     recheck=shards() if spec.resume else None)
         finally:
             for bar in bars:
                 bar.close()

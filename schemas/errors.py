@@ -1,7 +1,9 @@
 """The one error tree of samplefleet (producer and stages alike).
 
-Permanent errors come from bad input or configuration: retrying cannot help, so
-they are never retried. Transient errors (network, throttling) may be retried.
+Permanent errors come from bad input or configuration: retrying cannot help, so they are never retried.
+Transient errors (network, throttling, a stage past its time limit) are retried with back-off; a
+``RetryAfter`` says how long to wait first. Any other exception is treated as transient by the failure
+policy (``workers.lifecycle.policy``), up to SAMPLEFLEET_MAX_ATTEMPTS attempts.
 """
 from __future__ import annotations
 
@@ -30,8 +32,32 @@ class OutputError(PermanentError):
     """The output location is unusable (file exists, resume of another job, ...)."""
 
 
+class PromptRefused(PermanentError):
+    """The endpoint rejected one prompt: that prompt is skipped with the reason, the others go on."""
+
+
+class StateError(SampleFleetError):
+    """A transition that the job's state refuses (e.g. cancelling a finished job); the message says why."""
+
+
 class TransientError(SampleFleetError):
     """A failure that may pass (network, throttling): retried with backoff."""
+
+
+class RetryAfter(TransientError):
+    """A transient failure that knows when to try again (a server's Retry-After): the attempt is retried after
+    ``seconds``, not after the policy's own back-off."""
+
+    def __init__(self, message: str, seconds: float) -> None:
+        super().__init__(message)
+        self.seconds = seconds
+
+    def __reduce__(self):  # pickled with its seconds (the prefork pool sends a child's exception to its parent)
+        return type(self), (str(self), self.seconds)
+
+
+class StageTimeLimit(TransientError):
+    """A stage ran past SAMPLEFLEET_STAGE_TIME_LIMIT (a hung engine?); counted as a failed attempt."""
 
 
 class PluginError(SampleFleetError):

@@ -9,21 +9,20 @@ correct or all wrong (the groups DAPO's dynamic sampling drops). Why each prompt
 and the manifest. Each wave's seed derives from the shard's seed and the wave's number, so a run is
 deterministic with ``--seed``. Off by default: without ``--target_correct`` this module is not used at all.
 
-The fleet runs the same steps as separate tasks: a generate task samples one wave (``generate_wave``) and
-stores it under ``wave_stage``, a score task scores it and folds every stored wave (``replay``) to decide as
-the embedded loop does (``sample_adaptively``): the prompts still open go back to the generator pool as the
-next wave's generate task, or the shard goes on to aggregate. Folding stored waves, not a running total
-carried in messages, keeps a redelivered or resumed task's answer the same.
+The embedded loop and the fleet take the same steps (``workers.lifecycle.pipeline``): a generate step samples
+one wave (``generate_wave``; the fleet stores it under ``wave_stage``), a score step scores it and folds every
+wave so far (``replay``): the prompts still open go on to the next wave's generate step (in the fleet, back to
+the generator pool), or the shard goes on to aggregate. Folding stored waves, not a running total carried in
+messages, keeps a redelivered or resumed task's answer the same.
 """
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from itertools import groupby
 
 from schemas import Candidate, GeneratedShard, Generation, JobSpec, Prompt, PromptShard
 from workers.engines import Engine
-from workers.score import Scorer
 
 TARGET = "target reached"
 CAP = "sample cap reached"
@@ -138,19 +137,3 @@ def generate_wave(engine: Engine, spec: JobSpec, shard: PromptShard, acc: Genera
     return GeneratedShard(job_id=shard.job_id, index=shard.index, generations=generations,
                           seconds=time.perf_counter() - started)
 
-
-def sample_adaptively(engine: Engine, scorer: Scorer, spec: JobSpec, shard: PromptShard,
-                      on_progress: Callable[[int, int], None] | None = None) -> tuple[GeneratedShard, dict[int, str]]:
-    """The shard's scored candidates, sampled wave by wave, and prompt row -> why its sampling stopped.
-    Decided by ``replay`` over the waves so far, as the fleet's score task decides."""
-    waves: list[GeneratedShard] = []
-    acc, stopped, still = None, {}, list(shard.prompts)
-    engine.on_progress = on_progress
-    try:
-        while still:
-            wave = generate_wave(engine, spec, shard.model_copy(update={"prompts": still}), acc, len(waves))
-            waves.append(scorer.score(wave))
-            acc, stopped, still = replay(spec, waves)
-    finally:
-        engine.on_progress = None
-    return acc, stopped

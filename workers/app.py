@@ -2,8 +2,8 @@
 
 Configured from the environment: every ``SAMPLEFLEET_*`` variable is a field of ``schemas.settings``
 (broker, state and result URLs, lease timings, attempts, time limits); the Celery settings built from
-them, with the reason for each, are in ``schemas.fleet.celery_settings``. Each worker also runs the
-reaper (``schemas.reaper``) that sends a lost worker's shard again once its lease expires.
+them, with the reason for each, are in ``workers.broker.celery_settings``. Each worker also runs the
+reaper (``workers.lifecycle.reaper``) that sends a lost worker's shard again once its lease expires.
 
 Queues: ``generate.<model>`` (one per model, so a worker's loaded weights stay warm), ``score``,
 ``aggregate``, ``control``. A worker started without ``-Q`` serves every queue; one started with
@@ -21,20 +21,18 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import threading
-import time
 
 from celery import Celery, signals
 from celery.worker.control import control_command
 from kombu import Queue
 
 from schemas.errors import SampleFleetError
-from schemas.fleet import DEFAULT_QUEUES, QUEUE_GENERATE, celery_settings
-from schemas.reaper import Reaper
+from schemas.fleet import DEFAULT_QUEUES, QUEUE_GENERATE
 from schemas.settings import SettingsError, settings
-from schemas.state import Keys
+from workers.broker import celery_settings, connect
 from workers.heartbeat import Heartbeat
-from workers.jobs import connect
+from workers.lifecycle.keys import Keys
+from workers.lifecycle.reaper import Reaper
 from workers.preemption import STOPPER
 
 log = logging.getLogger(__name__)
@@ -94,19 +92,9 @@ def _follow_known_models(sender, **kwargs) -> None:
 
 @signals.worker_ready.connect
 def _start_reaper(sender, **kwargs) -> None:
-    """Every worker runs a reaper thread; one at a time does the work (see ``schemas.reaper``)."""
+    """Every worker runs a reaper thread; one at a time does the work (see ``workers.lifecycle.reaper``)."""
     env = settings()
-    reaper = Reaper(connect(env.state), send, env)
-
-    def loop() -> None:
-        while True:
-            try:
-                reaper.maybe_sweep()
-            except Exception as exc:  # noqa: BLE001 - Redis away for a moment: the next pass tries again
-                log.warning("reaper: %s: %s", type(exc).__name__, exc)
-            time.sleep(env.reap_interval)
-
-    threading.Thread(target=loop, name="samplefleet-reaper", daemon=True).start()
+    Reaper(connect(env.state), send, env).start()
 
 
 @control_command(args=[("queue", str)], signature="<queue>")
@@ -128,7 +116,7 @@ def _preload(sender, **kwargs) -> None:
         log.warning("SAMPLEFLEET_PRELOAD_MODEL is ignored with the prefork pool (it would load in the parent); "
                     "use --pool solo or threads")
         return
-    from workers.tasks import preload
+    from workers.warm import preload
 
     try:
         preload(model, env.preload_engine)

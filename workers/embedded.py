@@ -1,8 +1,9 @@
 """The embedded default: the whole pipeline in this process, shard by shard, no broker.
 
-generate -> score (when a reward model is set) -> aggregate -> write the shard's part; shards
-already done (``--resume``) are skipped; after the last shard the parts become the final jsonl
-and manifest. The output's lock is held from the first check to the final write, so a second run on the
+Each shard walks the fleet's steps (``workers.lifecycle.pipeline``): generate -> score (when a reward model
+is set) -> with adaptive sampling, the next wave while prompts are still open -> aggregate -> write the
+shard's part; shards already done (``--resume``) are skipped; after the last shard the parts become the
+final jsonl and manifest. The output's lock is held from the first check to the final write, so a second run on the
 same output is refused while this one lives.
 """
 from __future__ import annotations
@@ -12,12 +13,15 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 
-from schemas import JobSpec, PromptShard, ShardSummary
+from schemas import GeneratedShard, JobSpec, PromptShard, ShardSummary
 from schemas.errors import DataError, PermanentError, PluginError
+from schemas.jobstate import Stage
 from schemas.records import check_unchanged, rows_note
-from workers.adaptive import sample_adaptively
+from workers.adaptive import generate_wave, replay
 from workers.aggregate import shard_rows, summarise
+from workers.engines import Engine
 from workers.generate import generate_shard, load_engine
+from workers.lifecycle import pipeline
 from workers.manifest import build_manifest
 from workers.output import JobOutput
 from workers.score import Scorer
@@ -76,13 +80,7 @@ def _run_shards(spec: JobSpec, shards: Iterable[PromptShard], output: JobOutput,
                 on_shard(previous[shard.index], True)
                 continue
             try:
-                stopped: dict[int, str] = {}
-                if spec.target_correct is not None:  # adaptive sampling: waves until each prompt has enough
-                    generated, stopped = sample_adaptively(engine, scorer, spec, shard, on_progress)
-                else:
-                    generated = generate_shard(engine, spec, shard, on_progress)
-                    if scorer is not None:
-                        generated = scorer.score(generated)
+                generated, stopped = _sample(engine, scorer, spec, shard, on_progress)
             except (PermanentError, PluginError) as exc:  # name the shard and its rows, as the fleet's failures do
                 raise type(exc)(f"shard {shard.index}{rows_note(shard.prompts)}: {exc}") from exc
             rows, dropped = shard_rows(spec, generated)
@@ -95,3 +93,30 @@ def _run_shards(spec: JobSpec, shards: Iterable[PromptShard], output: JobOutput,
                                   planned_prompts=planned_prompts, bad_rows=bad_rows, started=started,
                                   finished=time.time(), load_seconds=loaded - started)
     return summaries, manifest
+
+
+def _sample(engine: Engine, scorer: Scorer | None, spec: JobSpec, shard: PromptShard,
+            on_progress: Callable[[int, int], None] | None) -> tuple[GeneratedShard, dict[int, str]]:
+    """The shard's steps up to aggregate, as the fleet's tasks take them (``pipeline.after``): its candidates
+    (scored when the job is) and, with adaptive sampling, prompt row -> why its sampling stopped."""
+    adaptive = spec.target_correct is not None
+    step: pipeline.Step | None = pipeline.FIRST
+    waves: list[GeneratedShard] = []  # adaptive sampling's scored waves
+    acc, stopped, still = None, {}, list(shard.prompts)
+    generated: GeneratedShard | None = None
+    while step is not None and step.stage is not Stage.AGGREGATE:
+        if step.stage is Stage.GENERATE and adaptive:
+            engine.on_progress = on_progress
+            try:
+                generated = generate_wave(engine, spec, shard.model_copy(update={"prompts": still}), acc, step.wave)
+            finally:
+                engine.on_progress = None
+        elif step.stage is Stage.GENERATE:
+            generated = generate_shard(engine, spec, shard, on_progress)
+        else:
+            generated = scorer.score(generated)
+            if adaptive:
+                waves.append(generated)
+                acc, stopped, still = replay(spec, waves)
+        step = pipeline.after(spec, step, open_prompts=bool(still))
+    return (acc if adaptive else generated), stopped

@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import socket
-import threading
 import time
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
@@ -30,6 +29,7 @@ from filelock import FileLock, Timeout
 
 from schemas import JobSpec
 from schemas.errors import OutputError
+from workers.keepalive import KeepAlive
 from workers.storage import LocalStorage, Storage
 
 log = logging.getLogger(__name__)
@@ -167,8 +167,7 @@ class S3Lock(OutputLock):
         self.where = storage.where(name)
         self._etag: str | None = None
         self._lost: str | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._heartbeat: KeepAlive | None = None
 
     def _put(self, **condition: str) -> str | None:
         """PUT our record under a condition; None when the condition did not hold (someone else has it)."""
@@ -202,30 +201,26 @@ class S3Lock(OutputLock):
                             "%s by hand once its run is gone", self.where, self.key)
             if self._etag is None:
                 raise _refused(self.where, holder)
-        self._thread = threading.Thread(target=self._beat, name="output-lock-heartbeat", daemon=True)
-        self._thread.start()
+        # a failed beat is logged and the next one tries again: STALE allows several
+        self._heartbeat = KeepAlive(self._beat, HEARTBEAT, what=f"{self.where}: lock heartbeat").start()
 
-    def _beat(self) -> None:
-        while not self._stop.wait(HEARTBEAT):
-            try:
-                etag = self._put(IfMatch=self._etag)
-            except Exception as exc:  # a transient failure: the next beat tries again, STALE allows several
-                log.warning("%s: lock heartbeat failed: %s", self.where, exc)
-                continue
-            if etag is None:
-                self._lost = "another run took over this output's lock (our heartbeat was late)"
-                return
-            self._etag = etag
+    def _beat(self) -> bool:
+        """Rewrite the lock if it is still ours; False once another run took it over."""
+        etag = self._put(IfMatch=self._etag)
+        if etag is None:
+            self._lost = "another run took over this output's lock (our heartbeat was late)"
+            return False
+        self._etag = etag
+        return True
 
     def ensure_held(self) -> None:
         if self._lost:
             raise OutputError(f"{self.where}: {self._lost}; the output was not replaced")
 
     def release(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
+        if self._heartbeat is not None:
+            self._heartbeat.stop()
+            self._heartbeat = None
         if self._etag is not None and not self._lost:
             try:
                 self.storage.client.delete_object(Bucket=self.storage.bucket, Key=self.storage._key(self.key))

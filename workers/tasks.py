@@ -2,32 +2,37 @@
 
 Big payloads stay out of the broker: a message carries (job id, shard index) and, for generation,
 the shard's prompts; candidates and scores go to the job's storage, keyed by (job, shard, stage).
-Lease, retry, time-limit and failure policy live once, in ``ShardTask``.
+Lease, retry, time-limit and failure policy live once, in ``ShardTask`` (the policy itself:
+``workers.lifecycle.policy``); what each task sends next: ``workers.lifecycle.pipeline``.
 """
 from __future__ import annotations
 
 import json
 import logging
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass
 from itertools import count
 
 from celery import Task
 
-from schemas import GeneratedShard, JobSpec, PromptShard
-from schemas.errors import PermanentError
-from schemas.fleet import (QUEUE_AGGREGATE, QUEUE_SCORE, TASK_AGGREGATE, TASK_FINALISE, TASK_GENERATE, TASK_OPEN,
-                           TASK_SCORE)
+from schemas import GeneratedShard, JobSpec, Prompt, PromptShard
+from schemas.errors import PermanentError, StageTimeLimit
+from schemas.fleet import QUEUE_AGGREGATE, TASK_AGGREGATE, TASK_FINALISE, TASK_GENERATE, TASK_OPEN, TASK_SCORE
+from schemas.jobstate import JobRecord, Lease, Outcome, Stage
 from schemas.records import rows_note
 from schemas.settings import settings
-from schemas.state import JobState, Lease
 from workers.adaptive import generate_wave, replay, wave_stage
 from workers.aggregate import shard_rows, summarise
 from workers.app import app, send
 from workers.engines import ENGINES, Engine
 from workers.generate import generate_shard, load_engine
-from workers.jobs import finalise_once, job_state
-from workers.lease import KeepAlive, StageTimeLimit
+from workers.lifecycle.finalise import finalise_once
+from workers.lifecycle.lease import Hold
+from workers.lifecycle.pipeline import Step, after
+from workers.lifecycle.policy import FailurePolicy
+from workers.lifecycle.state import JobState, job_state
 from workers.models import hub_models
 from workers.output import JobOutput
 from workers.preemption import STOPPER, Preempted
@@ -74,58 +79,89 @@ def preload(model: str, engine: str) -> None:
     engine_for(JobSpec(model=model, sampler_engine=engine, datasets=[{"source": "-"}], output_file="-.jsonl"))
 
 
+@dataclass(frozen=True)
+class Shard:
+    """What every shard task reads first (``ShardTask.shard``): its job's state, record and output, its step."""
+
+    state: JobState
+    record: JobRecord
+    output: JobOutput
+    index: int
+    step: Step
+    token: str
+
+    @property
+    def spec(self) -> JobSpec:
+        return self.record.spec
+
+
+_current: ContextVar[Shard] = ContextVar("shard")  # the running task's (per thread, for --pool threads)
+
+
 class ShardTask(Task):
     """Lease, retry and failure policy of every shard task, declared once.
 
     Before the body runs, the shard's lease is taken (``JobState.begin``): a task whose job is not running,
-    whose shard is settled, or whose shard another live worker holds for this stage or a later one, does
-    nothing. While the body runs, the lease is renewed; a worker that dies stops renewing and the reaper
-    sends the task again. Bad input or configuration (PermanentError) fails the shard at once. Anything else
-    is retried with exponential back-off (the lease waits it out, then the reaper sends the task again) up to
-    SAMPLEFLEET_MAX_ATTEMPTS attempts, then the shard is failed. A shard whose worker keeps dying (delivered
-    more than twice that many times) is failed as a poison shard. A worker told to stop (SIGTERM) hands the
-    shard back and sends it again at once (``workers.preemption``); that delivery is not counted. A failed
-    shard never blocks the job: it ends as partial. The failure names the shard's prompts (their dataset rows)
-    when the task has them.
+    whose shard is settled, or whose shard another live worker holds for this step or a later one, does
+    nothing. While the body runs, the lease is renewed (``workers.lifecycle.lease``); a worker that dies stops
+    renewing and the reaper sends the task again. A failed attempt goes to the failure policy
+    (``workers.lifecycle.policy``): failed at once, or retried after a back-off (the lease waits it out, then
+    the reaper sends the task again), up to SAMPLEFLEET_MAX_ATTEMPTS attempts; a poison shard is failed. A
+    worker told to stop (SIGTERM) hands the shard back and sends it again at once (``workers.preemption``);
+    that delivery is not counted. A failed shard never blocks the job: it ends failed or partial. The failure
+    names the shard's prompts (their dataset rows) when the task has them.
     """
 
     acks_late = True
     ignore_result = True
-    stage = ""
+    stage: Stage
     wave_at: int | None = None  # where the adaptive wave's number is in the arguments after (job id, shard)
 
-    def __call__(self, job_id: str, index: int, *rest):
+    @property
+    def shard(self) -> Shard:
+        """The running task's shard, read by ``__call__`` before the body runs."""
+        return _current.get()
+
+    def __call__(self, job_id: str, index: int, *rest) -> str:
         env = settings()
+        policy = FailurePolicy(env.max_attempts)
         state = job_state(job_id)
         token = self.request.id or uuid.uuid4().hex
-        wave = rest[self.wave_at] if self.wave_at is not None and len(rest) > self.wave_at else 0
-        lease = Lease(stage=self.stage, index=index, wave=wave, token=token, owner=self.request.hostname or "?",
-                      task=self.name, args=[job_id, index, *rest], queue=self._queue(), since=0.0)
-        begun = state.begin(lease, seconds=env.lease_expire, most_deliveries=2 * env.max_attempts)
-        what = f"job {job_id} shard {index} {self.stage}" + (f" (wave {wave})" if wave else "")
+        step = Step(self.stage, rest[self.wave_at] if self.wave_at is not None and len(rest) > self.wave_at else 0)
+        lease = Lease(stage=step.stage.value, index=index, wave=step.wave, token=token,
+                      owner=self.request.hostname or "?", task=self.name, args=[job_id, index, *rest],
+                      queue=self._queue(), since=0.0)
+        begun = state.begin(lease, seconds=env.lease_expire, most_deliveries=policy.most_deliveries)
+        what = f"job {job_id} shard {index} {step.stage.value}" + (f" (wave {step.wave})" if step.wave else "")
         if begun.reason == "poison":
             self._fail(state, index, token, PermanentError(
-                f"shard {index}: {self.stage} delivered {begun.deliveries} times without finishing (its worker "
-                "was lost each time: a poison shard?)"), rest)
-            return "failed: poison shard"
+                f"shard {index}: {step.stage.value} delivered {begun.deliveries} times without finishing (its "
+                "worker was lost each time: a poison shard?)"), rest)
+            return Outcome.FAILED.said("poison shard")
         if not begun.run:
             log.info("%s: skipped (%s)", what, begun.reason)
-            return f"skipped: {begun.reason}"
-        hold = KeepAlive(lambda: state.renew(index, token, env.lease_expire), env.lease_renew,
-                         limit=env.stage_time_limit, what=what)
+            return Outcome.SKIPPED.said(begun.reason)
+        hold = Hold(lambda: state.renew(index, token, env.lease_expire), env.lease_renew,
+                    limit=env.stage_time_limit, what=what)
         try:
             with STOPPER.stage(what, lambda: self._hand_back(state, lease, env.lease_expire)), hold:
-                self.run(job_id, index, *rest)
+                record = state.record()
+                current = _current.set(Shard(state, record, JobOutput(record.spec), index, step, token))
+                try:
+                    self.run(job_id, index, *rest)
+                finally:
+                    _current.reset(current)
         except Preempted:
             log.warning("%s: stopped, its worker is shutting down (the shard was handed back)", what)
-            return "handed back"
-        except Exception as exc:  # noqa: BLE001 - every failure goes through the one policy below
+            return Outcome.HANDED_BACK.said()
+        except Exception as exc:  # noqa: BLE001 - every failure goes through the one policy
             if hold.timed_out or isinstance(exc, StageTimeLimit):
-                exc = StageTimeLimit(f"{self.stage} ran past SAMPLEFLEET_STAGE_TIME_LIMIT={env.stage_time_limit:g}s")
-            return self._attempt_failed(state, lease, exc, rest, env.max_attempts)
+                exc = StageTimeLimit(f"{self.stage.value} ran past SAMPLEFLEET_STAGE_TIME_LIMIT="
+                                     f"{env.stage_time_limit:g}s")
+            return self._attempt_failed(state, lease, exc, rest, policy)
         state.release(index, token)
         log.info("%s: done", what)  # Celery's own "succeeded" line names only the task id
-        return "done"
+        return Outcome.DONE.said()
 
     @staticmethod
     def _hand_back(state: JobState, lease: Lease, seconds: float) -> None:
@@ -139,31 +175,44 @@ class ShardTask(Task):
         info = self.request.delivery_info or {}
         return info.get("routing_key") or self.queue or QUEUE_AGGREGATE
 
-    def _attempt_failed(self, state: JobState, lease: Lease, exc: Exception, rest: tuple, most: int) -> str:
+    def _attempt_failed(self, state: JobState, lease: Lease, exc: Exception, rest: tuple,
+                        policy: FailurePolicy) -> str:
         index, token = lease.index, lease.token
-        if isinstance(exc, PermanentError):
+        if policy.permanent(exc):
             self._fail(state, index, token, exc, rest, lease.wave)
             raise exc
-        attempts, backoff = state.attempt_failed(index, token, most=most, wave=lease.wave)
-        if attempts >= most:
+        attempts, backoff = state.attempt_failed(index, token, most=policy.most, wave=lease.wave, error=exc)
+        if policy.gives_up(exc, attempts):
             self._fail(state, index, token, exc, rest, lease.wave)
             raise exc
-        log.warning("job %s shard %d: %s attempt %d failed (%s: %s); again in %.0fs", state.id, index, self.stage,
-                    attempts, type(exc).__name__, exc, backoff)
-        return f"retrying in {backoff:.0f}s: {type(exc).__name__}: {exc}"
+        log.warning("job %s shard %d: %s attempt %d failed (%s: %s); again in %.0fs", state.id, index,
+                    self.stage.value, attempts, type(exc).__name__, exc, backoff)
+        return Outcome.RETRYING.said(f"in {backoff:.0f}s: {type(exc).__name__}: {exc}")
 
     def _fail(self, state: JobState, index: int, token: str, exc: Exception, rest: tuple, wave: int = 0) -> None:
         # wave 0's generate carries the shard's prompts; later waves only those still open, all of them fail
-        prompts = rest[0] if self.stage == "generate" and not wave else None
-        error = f"{self.stage}: {type(exc).__name__}: {exc}{_rows(state, index, prompts)}"
+        prompts = rest[0] if self.stage is Stage.GENERATE and not wave else None
+        error = f"{self.stage.value}: {type(exc).__name__}: {exc}{_rows(state, index, prompts)}"
         if state.failed(index, token, error):
-            log.error("job %s shard %d failed in %s: %s", state.id, index, self.stage, exc)
+            log.error("job %s shard %d failed in %s: %s", state.id, index, self.stage.value, exc)
         finalise_once(state)
 
-    def pass_on(self, state: JobState, index: int, task: Task, args: tuple, queue: str) -> None:
-        """Mark this stage done and send the next stage's task; the lease is dropped only after it is sent."""
-        state.stage_done(self.stage, index, self.request.id)
-        task.apply_async(args, queue=queue)
+    def pass_on(self, shard: Shard, *, still: Sequence[Prompt] = (), **counts: int) -> None:
+        """Mark this step done and send the next step's task (``pipeline.after``; ``still``: the prompts an
+        adaptive wave left open); after aggregate, the job is finalised once every shard is settled. The lease is
+        dropped (``__call__``) only after the next task is sent, so a worker lost before that is re-run."""
+        shard.state.stage_done(self.stage.value, shard.index, shard.token, **counts)
+        step = after(shard.spec, shard.step, open_prompts=bool(still))
+        if step is None:
+            finalise_once(shard.state)
+            return
+        job_id, index = shard.state.id, shard.index
+        if step.stage is Stage.GENERATE:
+            args: tuple = (job_id, index, PromptShard(job_id=job_id, index=index, prompts=list(still)).model_dump_json(),
+                           step.wave)
+        else:
+            args = (job_id, index, step.wave) if step.stage is Stage.SCORE else (job_id, index)
+        _TASKS[step.stage].apply_async(args, queue=step.queue(shard.record.queue))
 
 
 def _rows(state: JobState, index: int, shard_json: str | None) -> str:
@@ -207,73 +256,73 @@ def _scored_waves(output: JobOutput, index: int, upto: int | None = None) -> Ite
         yield GeneratedShard.model_validate_json(output.read_stage(wave_stage("scored", number), index))
 
 
-@app.task(bind=True, base=ShardTask, name=TASK_GENERATE, stage="generate", wave_at=1)
+@app.task(bind=True, base=ShardTask, name=TASK_GENERATE, stage=Stage.GENERATE, wave_at=1)
 def generate(self: ShardTask, job_id: str, index: int, shard_json: str, wave: int = 0) -> None:
     """A shard's candidates; with adaptive sampling, one wave of them for the prompts still open."""
-    state = job_state(job_id)
-    spec = state.record().spec
-    output = JobOutput(spec)
+    shard = self.shard
+    spec, output = shard.spec, shard.output
     stored = wave_stage("generated", wave)
     if output.has_stage(stored, index):  # a redelivery, or a resumed job: same prompts, same seed
         log.info("job %s shard %d: candidates already in storage, not generated again", job_id, index)
-        state.record_engine({"engine": spec.sampler_engine, "model": spec.model or ""})  # if no shard here loads one
+        shard.state.record_engine({"engine": spec.sampler_engine, "model": spec.model or ""})  # if none loads one
     else:
         engine = engine_for(spec)
-        state.record_engine(engine.describe())
-        shard = PromptShard.model_validate_json(shard_json)
+        shard.state.record_engine(engine.describe())
+        prompts = PromptShard.model_validate_json(shard_json)
         if spec.target_correct is None:
-            generated = generate_shard(engine, spec, shard)
+            generated = generate_shard(engine, spec, prompts)
         else:
             acc = replay(spec, _scored_waves(output, index, upto=wave))[0] if wave else None
-            generated = generate_wave(engine, spec, shard, acc, wave)
+            generated = generate_wave(engine, spec, prompts, acc, wave)
         output.write_stage(stored, index, generated.model_dump_json())
-    if spec.scored:
-        self.pass_on(state, index, score, (job_id, index, wave), QUEUE_SCORE)
-    else:
-        self.pass_on(state, index, aggregate, (job_id, index), QUEUE_AGGREGATE)
+    self.pass_on(shard)
 
 
-@app.task(bind=True, base=ShardTask, name=TASK_SCORE, stage="score", wave_at=0)
+@app.task(bind=True, base=ShardTask, name=TASK_SCORE, stage=Stage.SCORE, wave_at=0)
 def score(self: ShardTask, job_id: str, index: int, wave: int = 0) -> None:
     """A shard's scores; with adaptive sampling, a wave's, then the next wave of the prompts still open goes back
     to the generator pool, or the shard goes on to aggregate."""
-    state = job_state(job_id)
-    record = state.record()
-    spec = record.spec
-    output = JobOutput(spec)
+    shard = self.shard
+    spec, output = shard.spec, shard.output
     stored = wave_stage("scored", wave)
     if not output.has_stage(stored, index):  # else a redelivery: the scores are in storage
         generated = GeneratedShard.model_validate_json(output.read_stage(wave_stage("generated", wave), index))
         output.write_stage(stored, index, scorer_for(spec).score(generated).model_dump_json())
-    if spec.target_correct is not None:
-        still = replay(spec, _scored_waves(output, index, upto=wave + 1))[2]
-        if still:
-            shard = PromptShard(job_id=job_id, index=index, prompts=still)
-            self.pass_on(state, index, generate, (job_id, index, shard.model_dump_json(), wave + 1), record.queue)
-            return
-    self.pass_on(state, index, aggregate, (job_id, index), QUEUE_AGGREGATE)
+    adaptive = spec.target_correct is not None
+    self.pass_on(shard, still=replay(spec, _scored_waves(output, index, upto=wave + 1))[2] if adaptive else ())
 
 
-@app.task(bind=True, base=ShardTask, name=TASK_AGGREGATE, stage="aggregate")
+@app.task(bind=True, base=ShardTask, name=TASK_AGGREGATE, stage=Stage.AGGREGATE)
 def aggregate(self: ShardTask, job_id: str, index: int) -> None:
-    state = job_state(job_id)
-    spec = state.record().spec
-    output = JobOutput(spec)
+    shard = self.shard
+    spec, output = shard.spec, shard.output
     stopped: dict[int, str] = {}
     if spec.target_correct is None:
-        shard = GeneratedShard.model_validate_json(output.read_stage("scored" if spec.scored else "generated", index))
+        generated = GeneratedShard.model_validate_json(output.read_stage("scored" if spec.scored else "generated",
+                                                                         index))
     else:
-        shard, stopped, _ = replay(spec, _scored_waves(output, index))
-    rows, dropped = shard_rows(spec, shard)
-    summary = summarise(spec, shard, len(rows), dropped, stopped)
+        generated, stopped, _ = replay(spec, _scored_waves(output, index))
+    rows, dropped = shard_rows(spec, generated)
+    summary = summarise(spec, generated, len(rows), dropped, stopped)
     output.write_shard(rows, summary)
-    state.stage_done("aggregate", index, self.request.id, candidates=summary.candidates, tokens=summary.tokens,
-                     rows=summary.rows)
-    finalise_once(state)
+    self.pass_on(shard, candidates=summary.candidates, tokens=summary.tokens, rows=summary.rows)
 
 
-@app.task(name=TASK_FINALISE, acks_late=True, ignore_result=True, autoretry_for=(Exception,), max_retries=5,
-          retry_backoff=2)
-def finalise(job_id: str) -> None:
-    """Assemble a job whose shards are all settled but whose finaliser was lost (sent by the reaper)."""
-    finalise_once(job_state(job_id))
+_TASKS = {Stage.GENERATE: generate, Stage.SCORE: score, Stage.AGGREGATE: aggregate}  # what pass_on sends
+
+
+@app.task(bind=True, name=TASK_FINALISE, acks_late=True, ignore_result=True)
+def finalise(self: Task, job_id: str) -> None:
+    """Assemble a job whose shards are all settled but whose finaliser was lost (sent by the reaper); a failure
+    goes through the shard tasks' policy (``workers.lifecycle.policy``), retried with this task's own count."""
+    try:
+        finalise_once(job_state(job_id))
+    except Exception as exc:
+        policy, attempts = FailurePolicy(settings().max_attempts), self.request.retries + 1
+        if policy.gives_up(exc, attempts):
+            log.error("job %s: finalising failed %d times (%s: %s); given up", job_id, attempts,
+                      type(exc).__name__, exc)
+            raise
+        backoff = policy.backoff(attempts, exc)
+        log.warning("job %s: finalising failed (%s: %s); again in %.0fs", job_id, type(exc).__name__, exc, backoff)
+        raise self.retry(exc=exc, countdown=backoff, max_retries=None)

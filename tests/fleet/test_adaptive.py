@@ -9,7 +9,7 @@ import redis
 
 from conftest import DIGIT_PLUGIN, read_jsonl, run_producer, write_jsonl
 from kits.fleet import run_cli
-from schemas.state import Keys
+from workers.lifecycle.keys import Keys
 
 # The simulated engine's candidates end with the reference's box at each prompt's pass_rate (accuracy grades it).
 SIMULATED = ["--model", "x", "--sampler_engine", "simulated", "--engine_kwargs",

@@ -26,7 +26,8 @@ import redis
 
 from conftest import OFFLINE, ROOT, run_producer, write_jsonl
 from kits.fleet import RedisServer, Workers, fleet_env, run_cli
-from schemas.state import JobState, Keys
+from workers.lifecycle.keys import Keys
+from workers.lifecycle.state import JobState
 
 SLOW_DIGIT_PLUGIN = '''
 import time
@@ -460,7 +461,7 @@ def settled_unfinalised(broker: str, job_dir: Path, name: str, lock_seconds: flo
 
 
 def test_racing_finalisers_assemble_once(job_dir, redis_server, workers):
-    from workers.jobs import finalise_once
+    from workers.lifecycle.finalise import finalise_once
 
     start_pool(workers)
     job_id = settled_unfinalised(redis_server.url, job_dir, "race.jsonl", lock_seconds=600)

@@ -238,7 +238,7 @@ def test_fleet_output_to_s3_lands_in_the_bucket_with_its_manifest(tmp_path, arit
 
 def test_unknown_reward_model_is_refused_before_the_job_is_recorded(tmp_path, arithmetic, redis_server, workers):
     """The producer does not import reward models or engines: the worker's open_job check refuses them."""
-    from schemas.state import Keys
+    from workers.lifecycle.keys import Keys
 
     workers.start("control")
     proc = _submit(redis_server.url, tmp_path, str(arithmetic), *JOB, "--orm_model", "no_such_orm",

@@ -162,14 +162,16 @@ def test_the_grafana_dashboard_queries_only_metrics_the_exporter_serves(redis_se
 def test_in_flight_shards_count_by_the_queue_their_stage_came_from():
     """What KEDA scales on beside the waiting messages: running leases only (a retry waiting out its back-off runs
     nowhere), a generate lease of any adaptive wave under the job's model queue."""
-    from producer.fleet import JobStatus
     from producer.metrics import in_flight_by_queue
+    from schemas.jobstate import HeldLease, JobStatus, Lease
 
-    def lease(stage: str, state: str = "running") -> dict:
-        return {"stage": stage, "worker": "w@h", "state": state, "age": 1.0, "expires_in": 20.0}
+    def lease(stage: str, state: str = "running", wave: int = 0) -> HeldLease:
+        held = Lease(stage=stage, index=0, wave=wave, token="t", owner="w@h", state=state, task=f"samplefleet.{stage}",
+                     args=["j", 0], queue="q", since=0.0)
+        return HeldLease(held, age=1.0, expires_in=20.0)
 
     job = JobStatus(job_id="j", status="running", shards=4, prompts=8, stages={}, failed={}, created=0.0,
                     finished=None, output=None, counters={}, scored=True, queue="generate.m",
-                    running={0: lease("generate (wave 2)"), 1: lease("score"), 2: lease("generate", "retry"),
+                    running={0: lease("generate", wave=2), 1: lease("score"), 2: lease("generate", "retry"),
                              3: lease("generate")})
     assert in_flight_by_queue([job], ["score", "aggregate"]) == {"generate.m": 2, "score": 1, "aggregate": 0}

@@ -17,7 +17,7 @@ import redis
 
 from conftest import run_producer, write_jsonl
 from kits.fleet import Worker, Workers, run_cli
-from schemas.state import JobState
+from workers.lifecycle.state import JobState
 from test_faults import until
 
 

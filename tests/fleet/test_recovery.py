@@ -17,7 +17,8 @@ import redis
 
 from conftest import read_jsonl, run_producer, write_jsonl
 from kits.fleet import RedisServer, Workers, run_cli
-from schemas.state import JobState, Keys
+from workers.lifecycle.keys import Keys
+from workers.lifecycle.state import JobState
 from workers.storage import LocalStorage
 
 SIM = ["--model", "sim", "--sampler_engine", "simulated", "--num_return_sequences", "2", "--max_new_tokens", "8",

@@ -15,7 +15,7 @@ import redis
 
 from conftest import read_jsonl, write_jsonl
 from kits.fleet import RedisServer, Workers, run_cli
-from schemas.state import JobState
+from workers.lifecycle.state import JobState
 from test_metrics import SIMULATED
 
 FILLER = "filler:"

@@ -23,7 +23,7 @@ RABBITMQ = Path("/usr/lib/rabbitmq/bin/rabbitmq-server")  # Debian's rabbitmq-se
 
 def _record(job_id: str):
     from schemas import JobSpec
-    from schemas.state import JobRecord
+    from schemas.jobstate import JobRecord
 
     spec = JobSpec(model="sim", sampler_engine="simulated", datasets=[{"source": "-"}], output_file=f"{job_id}.jsonl")
     return JobRecord(id=job_id, spec=spec, shards=2, prompts=4, created=time.time(), queue="generate.sim")
@@ -31,7 +31,9 @@ def _record(job_id: str):
 
 def test_a_finished_job_s_keys_expire_and_its_status_works_until_then(redis_server, monkeypatch):
     from producer.fleet import Fleet
-    from schemas.state import JobState, Keys, Status, forget_expired
+    from schemas.jobstate import Status
+    from workers.lifecycle.keys import Keys
+    from workers.lifecycle.state import JobState, forget_expired
 
     monkeypatch.setenv("SAMPLEFLEET_FINISHED_TTL", "60")
     db, fleet = redis.Redis.from_url(redis_server.url), Fleet(redis_server.url)
@@ -67,7 +69,7 @@ def test_a_job_s_keys_share_one_cluster_slot():
     the fleet-wide index keys are the only other slots a job touches."""
     from redis.cluster import key_slot
 
-    from schemas.state import Keys
+    from workers.lifecycle.keys import Keys
 
     for job_id in ("20261202-064534-997341", "a{b}c"):
         slots = {key_slot(key.encode()) for key in Keys(job_id).all()}

@@ -22,7 +22,8 @@ import pytest
 from conftest import read_jsonl, write_jsonl
 from kits.fleet import RedisServer, Workers, free_port, run_cli
 from schemas import JobSpec
-from schemas.fleet import QUEUE_CONTROL, TASK_OPEN, celery_settings, tls_options
+from schemas.fleet import QUEUE_CONTROL, TASK_OPEN
+from workers.broker import celery_settings, tls_options
 
 MARKER = "MARKER-s3cr3t-7f2d"  # a secret that must never show up anywhere but where it is used
 SIM = ["--model", "sim", "--sampler_engine", "simulated", "--engine_kwargs", '{"shard_seconds": 0}']

@@ -1,4 +1,4 @@
-"""The job-state transitions (schemas.state) against a real redis-server, duplicates interleaved.
+"""The job-state transitions (workers.lifecycle.state) against a real redis-server, duplicates interleaved.
 
 Lease times here are short so that expiry can be seen in a unit test; the fault suite (test_faults.py)
 runs with the defaults a user gets.
@@ -11,9 +11,12 @@ import pytest
 import redis
 
 from schemas import JobSpec
-from schemas.reaper import Reaper
+from schemas.errors import StateError
+from schemas.jobstate import JobRecord, Lease, Status
 from schemas.settings import Settings, SettingsError, settings
-from schemas.state import JobRecord, JobState, Keys, Lease, StateError, Status, active_jobs
+from workers.lifecycle.keys import Keys
+from workers.lifecycle.reaper import Reaper
+from workers.lifecycle.state import JobState, active_jobs
 
 SHARDS = 4
 

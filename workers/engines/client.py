@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from schemas import Candidate, Generation, JobSpec, Prompt, SamplingParams
-from schemas.errors import ConfigError, PermanentError, TransientError
+from schemas.errors import ConfigError, PermanentError, PromptRefused, TransientError
 from workers.engines.base import Engine
 
 log = logging.getLogger(__name__)
@@ -57,10 +57,6 @@ def candidate(choice: dict[str, Any], tokens: int, distill: bool) -> Candidate:
 
 
 PROMPT_REFUSALS = {400, 413, 422}  # about this request (too long, bad content); 401/403/404 are about the job
-
-
-class PromptRefused(PermanentError):
-    """The endpoint rejected one prompt: that prompt is skipped with the reason, the others go on."""
 
 
 class ClientEngine(Engine):

@@ -11,8 +11,11 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from schemas.fleet import QUEUE_AGGREGATE, TASK_FINALISE
+from schemas.jobstate import Status
 from schemas.settings import Settings
-from schemas.state import JobState, Keys, Status, active_jobs, forget_expired
+from workers.keepalive import KeepAlive
+from workers.lifecycle.keys import Keys
+from workers.lifecycle.state import JobState, active_jobs, forget_expired
 
 if TYPE_CHECKING:  # the local run needs no Redis client installed
     import redis
@@ -25,6 +28,10 @@ class Reaper:
     def __init__(self, db: redis.Redis, send: Send, env: Settings) -> None:
         self.db, self.send, self.env = db, send, env
         self.lock = db.lock(Keys.reaper, timeout=3 * env.reap_interval, blocking=False, thread_local=False)
+
+    def start(self) -> KeepAlive:
+        """Sweep now, then every SAMPLEFLEET_REAP_INTERVAL seconds, in a daemon thread (every worker runs one)."""
+        return KeepAlive(self.maybe_sweep, self.env.reap_interval, what="reaper", at_once=True).start()
 
     def maybe_sweep(self) -> int:
         """Sweep if no other reaper holds the lock; the tasks sent."""

@@ -1,4 +1,4 @@
-"""The worker's side of a job's state (``schemas.state``): its Redis client, and finalisation.
+"""Finalising a fleet job: its final file and manifest, once every shard is settled.
 
 Finalising is done by the one aggregator that holds the job's lock (redis-py's ``Lock``, extended while it
 works, so a finaliser that dies frees it within ``SAMPLEFLEET_LEASE_EXPIRE`` seconds and the reaper sends a
@@ -15,34 +15,17 @@ from __future__ import annotations
 
 import logging
 import time
-from functools import lru_cache
 
 import redis
 
-from schemas import JobSpec
-from schemas.fleet import redis_options
+from schemas.jobstate import JobRecord, Status
 from schemas.settings import settings
-from schemas.state import JobRecord, JobState, Status
-from workers.lease import KeepAlive
+from workers.keepalive import KeepAlive
+from workers.lifecycle.state import JobState
 from workers.manifest import build_manifest
 from workers.output import JobOutput
 
 log = logging.getLogger(__name__)
-
-
-@lru_cache(maxsize=8)
-def connect(url: str) -> redis.Redis:
-    """One client per URL per process (redis-py pools connections, reconnects and retries by itself)."""
-    return redis.Redis.from_url(url, **redis_options())
-
-
-def job_state(job_id: str) -> JobState:
-    return JobState(connect(settings().state), job_id)
-
-
-@lru_cache(maxsize=32)
-def spec_of(raw: str) -> JobSpec:
-    return JobSpec.model_validate_json(raw)
 
 
 def finalise_once(state: JobState) -> str | None:
