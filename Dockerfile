@@ -4,7 +4,7 @@
 #   docker build -t samplefleet-gpu:0.1.0 --build-arg FLAVOR=gpu .     # generators: vLLM + CUDA torch
 # Layers: dependencies (from pyproject.toml alone) -> the wheel of our source -> the runtime, so a code edit
 # rebuilds only the last two, never torch. The runtime runs as the unprivileged user `samplefleet` (10001).
-# Linted by hadolint in tests/test_compose.py. Ignored there: DL3013 (the `pip install` of the project installs our
+# Linted by hadolint in tests/deploy/test_compose.py. Ignored there: DL3013 (the `pip install` of the project installs our
 # own extras, whose bounds live in pyproject.toml; torch, vLLM and the wheels around them are pinned here),
 # DL3006 on `FROM deps-${FLAVOR}` (a stage of this file, not an image) and DL3064 on the runtime's ENV (it
 # flags TOKENIZERS_PARALLELISM for its name; nothing secret is in an ENV or ARG).

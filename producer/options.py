@@ -27,7 +27,7 @@ _SPECIAL = {"version", "sampling", "datasets"}
 ALIASES = {"num_sampling_batch_size": "shard_size", "num_sampling_per_gpu_batch_size": "shard_size"}
 
 # swift sample options that samplefleet does not take, each with what to do instead (docs/SWIFT_OPTIONS.md is
-# generated from this table and tests/test_options.py runs every row).
+# generated from this table and tests/unit/test_options.py runs every row).
 SWIFT_OPTIONS: dict[str, str] = {
     "--model_type": "samplefleet reads the architecture from the model folder; drop it",
     "--template": "samplefleet always uses the model's own chat template; drop it",
