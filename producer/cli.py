@@ -14,6 +14,7 @@ from producer.options import SWIFT_OPTIONS, add_job_options, spec_from_args
 from producer.submit import check_scoring, run_local
 from schemas import JobSpec
 from schemas.errors import ConfigError, SampleFleetError
+from schemas.output_names import OutputNames
 from schemas.jobstate import Status
 from schemas.settings import settings
 from workers.broker import tls_options
@@ -27,7 +28,7 @@ EXIT_USAGE, EXIT_FAILED, EXIT_INTERRUPTED = 2, 1, 130
 
 
 def _common(parser: argparse.ArgumentParser, *, broker_help: str) -> None:
-    parser.add_argument("--broker", default=os.environ.get("SAMPLEFLEET_BROKER_URL"), help=broker_help)
+    parser.add_argument("--broker", help=broker_help)
     parser.add_argument("--log_level", "--log-level", default="WARNING", help="logging level (default WARNING)")
     parser.add_argument("--debug", action="store_true", help="print the traceback of an error (also "
                         "SAMPLEFLEET_DEBUG=1)")
@@ -151,6 +152,8 @@ def _finish(status) -> int:
 
 
 def command(args: argparse.Namespace) -> int:
+    if args.broker is None:
+        args.broker = settings().broker_given
     if args.command == "submit":
         return submit(args)
     if args.command == "report":
@@ -199,7 +202,7 @@ def _resume_note(spec: JobSpec | None) -> str:
     """How to continue a local run that stopped, with its exact --output_file, once it has a parts folder."""
     if spec is None or "://" in spec.output_dir:
         return ""
-    parts = Path(spec.output_dir).expanduser() / f".{spec.output_file}.parts"
+    parts = Path(spec.output_dir).expanduser() / OutputNames(spec.output_file).parts
     if not parts.is_dir():
         return ""
     where = "" if spec.output_dir == "sample_output" else f" --output_dir {spec.output_dir}"

@@ -7,7 +7,6 @@ Lease, retry, time-limit and failure policy live once, in ``ShardTask`` (the pol
 """
 from __future__ import annotations
 
-import json
 import logging
 import uuid
 from collections.abc import Iterator, Sequence
@@ -26,8 +25,8 @@ from schemas.settings import settings
 from workers.adaptive import generate_wave, replay, wave_stage
 from workers.aggregate import shard_rows, summarise
 from workers.app import app, send
-from workers.engines import ENGINES, Engine
-from workers.generate import generate_shard, load_engine
+from workers.engines import ENGINES
+from workers.generate import generate_shard
 from workers.lifecycle.finalise import finalise_once
 from workers.lifecycle.lease import Hold
 from workers.lifecycle.pipeline import Step, after
@@ -36,47 +35,10 @@ from workers.lifecycle.state import JobState, job_state
 from workers.models import hub_models
 from workers.output import JobOutput
 from workers.preemption import STOPPER, Preempted
-from workers.score import Scorer
-from workers.scoring.plugins import load_plugins, plugin_key
+from workers.scoring.plugins import load_plugins
+from workers.warm import engine_for, scorer_for
 
 log = logging.getLogger(__name__)
-_loaded: dict[str, tuple[str, Engine | Scorer]] = {}  # "engine"/"scorer" -> (config key, loaded object)
-
-# Every option that changes what an engine or a scorer loads, or how it behaves once loaded.
-_ENGINE_KEY = {"sampler_engine", "sampler_type", "model", "use_hf", "base_url", "torch_dtype", "max_batch_size",
-               "max_batch_tokens", "engine_kwargs", "cache_files", "sampling"}
-_SCORER_KEY = {"orm_model", "orm_kwargs", "orm_weights", "prm_model", "prm_kwargs", "external_plugins",
-               "include_ground_truth", "model", "use_hf", "torch_dtype"}
-
-
-def _warm(kind: str, key: str, load) -> Engine | Scorer:
-    """The process's engine or scorer, reloaded only when a job needs another model or options."""
-    if kind in _loaded and _loaded[kind][0] == key:
-        return _loaded[kind][1]
-    if kind in _loaded:
-        _loaded.pop(kind)[1].close()
-    obj = load()
-    _loaded[kind] = (key, obj)
-    return obj
-
-
-def _key(spec: JobSpec, fields: set[str]) -> str:
-    """The options in ``fields`` (those the spec has), plus every plugin file's content, as one string."""
-    options = spec.model_dump(mode="json", include=fields & set(type(spec).model_fields))
-    return json.dumps({**options, "plugins": [plugin_key(p) for p in spec.external_plugins]}, sort_keys=True)
-
-
-def engine_for(spec: JobSpec) -> Engine:
-    return _warm("engine", _key(spec, _ENGINE_KEY), lambda: load_engine(spec))
-
-
-def scorer_for(spec: JobSpec) -> Scorer:
-    return _warm("scorer", _key(spec, _SCORER_KEY), lambda: Scorer(spec))
-
-
-def preload(model: str, engine: str) -> None:
-    """Load a model's engine at worker start with default options (jobs with other options reload)."""
-    engine_for(JobSpec(model=model, sampler_engine=engine, datasets=[{"source": "-"}], output_file="-.jsonl"))
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from typing import Any
 
 from schemas import Candidate, Generation, JobSpec, Prompt, SamplingParams
 from schemas.errors import ConfigError, PermanentError, PromptRefused, TransientError
-from workers.engines.base import Engine
+from workers.engines.base import Engine, sampling_kwargs
 
 log = logging.getLogger(__name__)
 OPTIONS = {"api_key_env", "concurrency", "timeout", "max_retries", "send_seed"}
@@ -32,16 +32,11 @@ OPTIONS = {"api_key_env", "concurrency", "timeout", "max_retries", "send_seed"}
 def request_body(model: str, messages: list[dict[str, str]], params: SamplingParams, n: int,
                  seed: int | None) -> dict[str, Any]:
     """The chat-completions request for one prompt (pure, so it is tested without a server)."""
-    body: dict[str, Any] = {"model": model, "messages": messages, "n": n, "max_tokens": params.max_new_tokens,
-                            "temperature": params.temperature, "top_p": params.top_p}
-    if params.top_k > 0:
-        body["top_k"] = params.top_k  # an extension most open servers accept
-    if params.repetition_penalty != 1.0:
-        body["repetition_penalty"] = params.repetition_penalty
-    if params.stop_words:
-        body["stop"] = list(params.stop_words)
-    if seed is not None:
-        body["seed"] = seed
+    body = {"model": model, "messages": messages, **sampling_kwargs(params, seed, n)}
+    if params.top_k == 0:
+        del body["top_k"]  # an extension most open servers accept: sent only when it is on
+    if params.repetition_penalty == 1.0:
+        del body["repetition_penalty"]  # likewise
     return body
 
 
