@@ -419,7 +419,7 @@ def test_poison_shard_that_kills_its_worker_is_failed_after_bounded_deliveries(j
         if generator.proc.poll() is not None:
             deaths += 1
             assert deaths < 6, "the poison shard was delivered without bound"
-            generator = workers.replace(generator)
+            generator = workers.replace(generator, wait=False)  # a supervisor restarts it; the poison may kill it before its first ping
         time.sleep(0.2)
     status = run_cli("status", job_id, broker=redis_server.url, cwd=job_dir, **env)
     assert "partial" in status.stdout and "failed 1" in status.stdout
