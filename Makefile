@@ -55,9 +55,11 @@ browser:
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver prometheus bubblewrap rabbitmq-server; } || \
 	  echo "no chromium/prometheus (no apt, or not root): tests/deploy/test_report.py's browser check and tests/deploy/test_prometheus.py will skip"
 
-# The whole suite in TEST_PROCESSES pytest-xdist processes: most tests wait on servers, workers and child
-# processes, so 2 cores carry more than 2. A run that collects nothing exits 5 (tests/conftest.py): make fails.
-TEST_PROCESSES ?= 4
+# The whole suite, serial by default. TEST_PROCESSES=4 runs it in 4 pytest-xdist processes (about 14 min instead of
+# 20 on 2 cores), but in a fresh-clone run there two load-sensitive tests failed (tests/deploy/test_prometheus.py's
+# scrape_complete, tests/fleet/test_code_orm.py's memory verdict), so it is not the default until they hold under
+# that load. A run that collects nothing exits 5 (tests/conftest.py): make fails.
+TEST_PROCESSES ?= 0
 test-main: setup browser
 	$(PY) -m pytest -q -p no:cacheprovider -n $(TEST_PROCESSES) --dist loadgroup $(PYTEST_ARGS)
 
