@@ -16,6 +16,11 @@ from kits.fleet import RedisServer, Workers
 # real servers: redis_server and workers (below, from kits.fleet), s3_server (kits.s3), vllm_server (kits.vllm)
 pytest_plugins = ("kits.s3", "kits.vllm")
 os.environ.update(OFFLINE)
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Several test processes share the cores: one torch thread each (the processes they start inherit it). Two
+    # threads per process, as many processes as cores, made torch 3-7x slower than alone (spinning OpenMP
+    # threads); tests of the default budget clear the variable themselves (test_threads.py, test_orms.py).
+    os.environ.setdefault("SAMPLEFLEET_THREADS", "1")
 TIERS = ("unit", "fleet", "deploy", "model")  # tests/<tier>/test_*.py
 # A test module may import helpers from one in another tier, as in one folder (`from test_metrics import SIMULATED`).
 sys.path[1:1] = [folder for folder in (str(Path(__file__).parent / tier) for tier in TIERS) if folder not in sys.path]
@@ -88,9 +93,10 @@ def workers(redis_server: RedisServer, tmp_path: Path) -> Iterator[Workers]:
     pool.stop_all()
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups into the node ids
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Under pytest-xdist (`make test` runs `-n`, `--dist loadgroup`) the tests of one session-wide ``vllm serve``
-    share one test process, so only one server starts."""
+    share one test process, so only one server starts (without tryfirst, two did: 64 s and 59 s of start-up)."""
     for item in items:
         if "vllm_server" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.xdist_group("vllm_server"))

@@ -53,6 +53,17 @@ def _api(port: int, path: str, **params: str) -> dict:
     return body["data"]
 
 
+def _settles(port: int, query: str, holds, scrapes: int = 5) -> bool:
+    """Whether ``holds(value)`` is true of ``query``'s single value now or within the next ``scrapes`` scrapes."""
+    deadline = time.monotonic() + 2 * scrapes  # the scrape interval is 2 s
+    while True:
+        if holds(float(_api(port, "query", query=query)["result"][0]["value"][1])):
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.5)
+
+
 @pytest.fixture
 def prometheus(tmp_path: Path) -> Iterator[tuple[Path, int]]:
     """A Prometheus server on a free 127.0.0.1 port with its own storage; the caller writes its targets file."""
@@ -113,7 +124,7 @@ def test_every_panel_returns_series_from_a_real_prometheus_during_a_live_job(tmp
     try:
         targets.write_text(json.dumps([{"targets": [f"127.0.0.1:{metrics_port}"]}]))
         data = write_jsonl(tmp_path / "d.jsonl", [{"messages": [{"role": "user", "content": f"q{i}"}]}
-                                                  for i in range(12)])
+                                                  for i in range(24)])  # 12 shards of 5 s: running throughout
         job = run_cli("submit", str(data), *SIMULATED, "--engine_kwargs", json.dumps({"shard_seconds": 5}),
                       "--output_dir", str(tmp_path / "out"), broker=redis_server.url, cwd=tmp_path)
         assert job.returncode == 0, job.stderr[-2000:]
@@ -125,7 +136,8 @@ def test_every_panel_returns_series_from_a_real_prometheus_during_a_live_job(tmp
             time.sleep(0.5)
         assert _api(port, "label/job_id/values", **{"match[]": "samplefleet_job_status"}) == [job_id]
         assert _api(port, "label/exported_job/values") == []  # nothing of ours collides with the target label
-        assert _api(port, "query", query="samplefleet_scrape_complete")["result"][0]["value"][1] == "1"
+        # one scrape's worker pings may miss their 0.8 s on a loaded machine: the next scrapes must say complete
+        assert _settles(port, "samplefleet_scrape_complete", lambda value: value == 1), "no complete scrape"
         empty = []
         for title, target in _panel_queries(job_id):
             result = _api(port, "query", query=target["expr"])["result"]
@@ -137,8 +149,9 @@ def test_every_panel_returns_series_from_a_real_prometheus_during_a_live_job(tmp
         for name, query in _keda_queries("generate.sim-model"):  # what KEDA asks for the running work
             result = _api(port, "query", query=query)["result"]
             assert len(result) == 1, f"ScaledObject {name}: {query} -> {result}"
-            if name == "generator":
-                assert float(result[0]["value"][1]) >= 1  # the job's shard in flight keeps its pod
+            if name == "generator":  # the job's shard in flight keeps its pod (a scrape may fall in the
+                # milliseconds between one shard's end and the next one's lease: KEDA's cooldown covers those)
+                assert _settles(port, query, lambda value: value >= 1), f"{query}: no shard in flight"
         progress = dict(_panel_queries(job_id))["Job progress"]["expr"]
         assert 0 <= float(_api(port, "query", query=progress)["result"][0]["value"][1]) < 1
         assert float(_api(port, "query", query=running)["result"][0]["value"][1]) == 1  # still running: live

@@ -197,7 +197,17 @@ def hostile(tmp: Path, port: int) -> list[tuple[str, dict, str, tuple[str, ...]]
     ]
 
 
-def test_hostile_candidates_neither_pass_nor_hang_nor_harm(orm, tmp_path, monkeypatch):
+@pytest.fixture
+def hostile_orm():
+    """Three seconds a candidate: with one second, "growing memory" starved of CPU by other test processes (and by
+    the fork bombs beside it) hit the wall clock before its memory limit ("timeout: loading the code")."""
+    model = CodeORM(timeout=3.0, memory_mb=256, workers=2)
+    yield model
+    model.close()
+
+
+def test_hostile_candidates_neither_pass_nor_hang_nor_harm(hostile_orm, tmp_path, monkeypatch):
+    orm = hostile_orm
     monkeypatch.setenv("SAMPLEFLEET_SANDBOX_SECRET", SECRET)
     tmp_path.chmod(0o777)  # world-writable: even then nothing may land there
     listener = socket.socket()
