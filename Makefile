@@ -42,7 +42,11 @@ $(VLLM_STAMP): pyproject.toml
 
 vllm-venv: $(VLLM_STAMP) model
 
-test: vllm-venv test-main test-vllm
+# The two environments build side by side (pip mostly waits on unpacking and the disk), then the main suite and
+# the vLLM tests run. The main suite needs .venv-vllm too: its client-engine and client-PRM tests use `vllm serve`.
+test:
+	$(MAKE) -j2 --output-sync=target setup vllm-venv browser
+	$(MAKE) test-main test-vllm
 
 # Headless Chromium for tests/deploy/test_report.py's browser check and Prometheus (server and promtool) for
 # tests/deploy/test_prometheus.py, where apt is there and we are root; else those tests skip. Bubblewrap is the code
@@ -55,11 +59,11 @@ browser:
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver prometheus bubblewrap rabbitmq-server; } || \
 	  echo "no chromium/prometheus (no apt, or not root): tests/deploy/test_report.py's browser check and tests/deploy/test_prometheus.py will skip"
 
-# The whole suite, serial by default. TEST_PROCESSES=4 runs it in 4 pytest-xdist processes (about 14 min instead of
-# 20 on 2 cores), but in a fresh-clone run there two load-sensitive tests failed (tests/deploy/test_prometheus.py's
-# scrape_complete, tests/fleet/test_code_orm.py's memory verdict), so it is not the default until they hold under
-# that load. A run that collects nothing exits 5 (tests/conftest.py): make fails.
-TEST_PROCESSES ?= 0
+# The whole suite in TEST_PROCESSES pytest-xdist processes (`--dist loadgroup`: the tests of one `vllm serve` share
+# a process). Most of the suite waits on timers it may not shorten (leases, shards of set seconds), so 4 processes on
+# 2 cores overlap those waits; each runs torch on one thread (tests/conftest.py). TEST_PROCESSES=0 runs it serially.
+# A run that collects nothing exits 5 (tests/conftest.py): make fails.
+TEST_PROCESSES ?= 4
 test-main: setup browser
 	$(PY) -m pytest -q -p no:cacheprovider -n $(TEST_PROCESSES) --dist loadgroup $(PYTEST_ARGS)
 
