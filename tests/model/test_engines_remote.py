@@ -2,6 +2,8 @@
 `vllm serve` on 127.0.0.1 started from the vLLM environment (.venv-vllm, `make vllm-venv`; tests/kits/vllm.py)."""
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from kits.fleet import free_port
@@ -92,3 +94,53 @@ def test_client_engine_unreachable_endpoint_retries_then_fails():
     prompt = Prompt(id="p", row=0, source="t row 0", messages=[Message(role="user", content="q")])
     with pytest.raises(TransientError, match="failed 2 times; last: ConnectError"):
         engine.generate([prompt], SamplingParams(num_return_sequences=1, max_new_tokens=2), seed=0)
+
+
+@pytest.fixture
+def throttling_server():
+    """A real HTTP server on 127.0.0.1 that answers every chat request 429 with the Retry-After the test sets."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    state = {"retry_after": "7", "requests": 0}
+
+    class Throttle(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 - http.server's name
+            state["requests"] += 1
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(429)
+            self.send_header("Retry-After", state["retry_after"])
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Throttle)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1", state
+    server.shutdown()
+    thread.join()
+
+
+def test_a_servers_retry_after_reaches_the_failure_policy(throttling_server):
+    from email.utils import formatdate
+
+    from schemas.errors import RetryAfter
+    from workers.lifecycle.policy import FailurePolicy
+
+    url, state = throttling_server
+    prompt = Prompt(id="p", row=0, source="t row 0", messages=[Message(role="user", content="q")])
+    params = SamplingParams(num_return_sequences=1, max_new_tokens=2)
+    with pytest.raises(RetryAfter, match=r"failed 1 times; last: HTTP 429.*Retry-After 7 s") as caught:
+        ClientEngine("m", url, options={"max_retries": 0}).generate([prompt], params, seed=0)
+    assert caught.value.seconds == 7 and FailurePolicy(most=3).backoffs(caught.value)[0] == 7
+    state["retry_after"], state["requests"] = "0", 0  # waited as asked between the engine's own tries
+    with pytest.raises(RetryAfter):
+        ClientEngine("m", url, options={"max_retries": 2}).generate([prompt], params, seed=0)
+    assert state["requests"] == 3
+    state["retry_after"] = formatdate(time.time() + 30, usegmt=True)  # the HTTP-date form
+    with pytest.raises(RetryAfter) as caught:
+        ClientEngine("m", url, options={"max_retries": 0}).generate([prompt], params, seed=0)
+    assert 25 <= caught.value.seconds <= 30

@@ -4,7 +4,9 @@ llama.cpp server, TGI, hosted APIs) over async HTTP with bounded concurrency.
 One request per prompt with ``n=N``; some servers answer n>1 with a single choice and no error, so
 the engine notices short answers and asks for the rest with separate seeded requests (and stops
 asking for n>1 from then on). 429, 5xx and timeouts are retried with exponential backoff; other
-errors fail the shard with the status and an excerpt of the body. The API key comes from the
+errors fail the shard with the status and an excerpt of the body. A server's Retry-After (429, 503) sets the
+wait instead, and once the retries are spent it reaches the failure policy as ``RetryAfter``: the shard's next
+attempt waits what the server asked, not the policy's own back-off. The API key comes from the
 environment (``--engine_kwargs '{"api_key_env": "NAME"}'``, default OPENAI_API_KEY), never the spec.
 Other ``--engine_kwargs``: concurrency (16), timeout (600 s), max_retries (5), send_seed (true; false for
 servers that break on a per-request seed, such as vLLM's CPU build).
@@ -15,14 +17,16 @@ With ``--sampler_type distill`` the teacher's reasoning, when the endpoint retur
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import logging
 import os
 import random
+import time
 from collections.abc import Sequence
 from typing import Any
 
 from schemas import Candidate, Generation, JobSpec, Prompt, SamplingParams
-from schemas.errors import ConfigError, PermanentError, PromptRefused, TransientError
+from schemas.errors import ConfigError, PermanentError, PromptRefused, RetryAfter, TransientError
 from workers.engines.base import Engine, sampling_kwargs
 
 log = logging.getLogger(__name__)
@@ -49,6 +53,20 @@ def candidate(choice: dict[str, Any], tokens: int, distill: bool) -> Candidate:
         text = f"<think>\n{reasoning}\n</think>\n\n{text}"
     return Candidate(text=text, tokens=tokens, finish_reason="length" if choice.get("finish_reason") == "length"
                      else "stop")
+
+
+def retry_after(headers: Any) -> float | None:
+    """The seconds a reply's Retry-After header asks for (delta-seconds or an HTTP date), else None."""
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        try:
+            return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
+        except (TypeError, ValueError):
+            return None
 
 
 PROMPT_REFUSALS = {400, 413, 422}  # about this request (too long, bad content); 401/403/404 are about the job
@@ -127,6 +145,7 @@ class ClientEngine(Engine):
         import httpx
 
         for attempt in range(self.max_retries + 1):
+            wait = None
             try:
                 response = await http.post(self.url, json=body)
             except (httpx.TimeoutException, httpx.TransportError) as exc:
@@ -139,6 +158,9 @@ class ClientEngine(Engine):
                     raise PromptRefused(f"{self.url} refused this prompt: {problem}")
                 if response.status_code != 429 and response.status_code < 500:
                     raise PermanentError(f"{prompt.source}: {self.url} refused the request: {problem}")
+                wait = retry_after(response.headers)
             if attempt < self.max_retries:
-                await asyncio.sleep(min(60.0, 0.5 * 2 ** attempt) * (0.5 + random.random()))
-        raise TransientError(f"{prompt.source}: {self.url} failed {self.max_retries + 1} times; last: {problem}")
+                await asyncio.sleep(min(60.0, wait) if wait is not None else
+                                    min(60.0, 0.5 * 2 ** attempt) * (0.5 + random.random()))
+        message = f"{prompt.source}: {self.url} failed {self.max_retries + 1} times; last: {problem}"
+        raise TransientError(message) if wait is None else RetryAfter(f"{message} (Retry-After {wait:.0f} s)", wait)
