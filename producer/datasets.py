@@ -17,7 +17,7 @@ from typing import Any
 from producer.rows import normalise
 from schemas import DatasetSpec, JobSpec, Prompt
 from schemas.errors import DataError, PermanentError
-from schemas.hub import hub_offline, is_hub_id, modelscope_snapshot
+from workers.hub import hub_offline, is_hub_id, modelscope_snapshot
 from schemas.jsonl import read_jsonl
 
 log = logging.getLogger(__name__)

@@ -20,7 +20,7 @@ from pydantic.fields import FieldInfo
 
 from schemas import DatasetSpec, JobSpec, SamplingParams
 from schemas.errors import ConfigError
-from schemas.hub import is_hub_id, modelscope_ids, need_modelscope
+from workers.hub import is_hub_id, modelscope_ids, need_modelscope
 
 _SPECIAL = {"version", "sampling", "datasets"}
 # swift's names for the rows handled per batch (3.x and 4.x spellings)

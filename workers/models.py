@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from schemas.errors import ModelLoadError
-from schemas.hub import hub_offline, is_hub_id, modelscope_ids, modelscope_snapshot
+from workers.hub import hub_offline, is_hub_id, modelscope_ids, modelscope_snapshot
 from schemas.settings import settings
 
 if TYPE_CHECKING:

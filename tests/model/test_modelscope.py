@@ -20,9 +20,10 @@ import pytest
 
 from conftest import OFFLINE, ROOT, read_jsonl, run_producer, write_jsonl
 from producer.datasets import PromptStream
-from schemas import JobSpec, hub
+from schemas import JobSpec
 from schemas.errors import ConfigError, DataError, ModelLoadError
 from test_options import spec
+from workers import hub
 from workers.models import hub_models
 
 HAS_MODELSCOPE = importlib.util.find_spec("modelscope") is not None

@@ -56,7 +56,7 @@ def _check_orms(spec: JobSpec, registries: JobRegistries) -> None:
 
 
 def _check_prm(spec: JobSpec, registries: JobRegistries) -> None:
-    from schemas.hub import modelscope_ids
+    from workers.hub import modelscope_ids
     from workers.scoring.prm_kinds import check_prm_spec
 
     name = spec.prm_model

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from schemas.errors import ConfigError, ModelLoadError, PermanentError
-from schemas.hub import hub_offline
+from workers.hub import hub_offline
 from workers.models import DEMO_ALIAS, in_hub_cache, model_file
 from workers.scoring.base import PRM, InferRequest
 
