@@ -19,8 +19,9 @@ os.environ.update(OFFLINE)
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # Several test processes share the cores: one torch thread each (the processes they start inherit it). Two
     # threads per process, as many processes as cores, made torch 3-7x slower than alone (spinning OpenMP
-    # threads); tests of the default budget clear the variable themselves (test_threads.py, test_orms.py).
-    os.environ.setdefault("SAMPLEFLEET_THREADS", "1")
+    # threads). torch's own variable, which workers/threads.py leaves alone, not a SAMPLEFLEET_* one: the fleet
+    # tests run with the settings a user gets (test_threads.py clears it where it tests the budget).
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 TIERS = ("unit", "fleet", "deploy", "model")  # tests/<tier>/test_*.py
 # A test module may import helpers from one in another tier, as in one folder (`from test_metrics import SIMULATED`).
 sys.path[1:1] = [folder for folder in (str(Path(__file__).parent / tier) for tier in TIERS) if folder not in sys.path]

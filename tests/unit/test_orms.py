@@ -342,8 +342,7 @@ def test_bad_orm_kwargs_values(name: str, kwargs: dict, named: str) -> None:
         orms.create(name, spec(name, **kwargs))
 
 
-def test_options_reach_the_orm(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("SAMPLEFLEET_THREADS", raising=False)  # the default, not the test processes' budget
+def test_options_reach_the_orm() -> None:
     orm = orms.create("math", spec("math", timeout=2.5, workers=1))
     assert (orm.timeout, orm.workers) == (2.5, 1)
     assert orms.create("math", spec("math")).workers == min(2, os.cpu_count() or 1)
