@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from conftest import ROOT, write_jsonl
-from kits.fleet import free_port, run_cli
+from kits.fleet import free_port, run_cli, until
 from test_metrics import SIMULATED, start_exporter
 
 RULES = ROOT / "deploy" / "prometheus" / "alerts.yml"
@@ -53,15 +53,9 @@ def _api(port: int, path: str, **params: str) -> dict:
     return body["data"]
 
 
-def _settles(port: int, query: str, holds, scrapes: int = 5) -> bool:
-    """Whether ``holds(value)`` is true of ``query``'s single value now or within the next ``scrapes`` scrapes."""
-    deadline = time.monotonic() + 2 * scrapes  # the scrape interval is 2 s
-    while True:
-        if holds(float(_api(port, "query", query=query)["result"][0]["value"][1])):
-            return True
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.5)
+def _value(port: int, query: str) -> float:
+    """The single value ``query`` returns now."""
+    return float(_api(port, "query", query=query)["result"][0]["value"][1])
 
 
 @pytest.fixture
@@ -136,8 +130,9 @@ def test_every_panel_returns_series_from_a_real_prometheus_during_a_live_job(tmp
             time.sleep(0.5)
         assert _api(port, "label/job_id/values", **{"match[]": "samplefleet_job_status"}) == [job_id]
         assert _api(port, "label/exported_job/values") == []  # nothing of ours collides with the target label
-        # one scrape's worker pings may miss their 0.8 s on a loaded machine: the next scrapes must say complete
-        assert _settles(port, "samplefleet_scrape_complete", lambda value: value == 1), "no complete scrape"
+        # one scrape's worker pings may miss their 0.8 s on a loaded machine: one of the next 5 scrapes (2 s apart)
+        # must say complete
+        until(lambda: _value(port, "samplefleet_scrape_complete") == 1, timeout=10, every=0.5)
         empty = []
         for title, target in _panel_queries(job_id):
             result = _api(port, "query", query=target["expr"])["result"]
@@ -151,10 +146,10 @@ def test_every_panel_returns_series_from_a_real_prometheus_during_a_live_job(tmp
             assert len(result) == 1, f"ScaledObject {name}: {query} -> {result}"
             if name == "generator":  # the job's shard in flight keeps its pod (a scrape may fall in the
                 # milliseconds between one shard's end and the next one's lease: KEDA's cooldown covers those)
-                assert _settles(port, query, lambda value: value >= 1), f"{query}: no shard in flight"
+                until(lambda: _value(port, query) >= 1, timeout=10, every=0.5)
         progress = dict(_panel_queries(job_id))["Job progress"]["expr"]
-        assert 0 <= float(_api(port, "query", query=progress)["result"][0]["value"][1]) < 1
-        assert float(_api(port, "query", query=running)["result"][0]["value"][1]) == 1  # still running: live
+        assert 0 <= _value(port, progress) < 1
+        assert _value(port, running) == 1  # still running: live
         rules = _api(port, "rules")["groups"][0]["rules"]
         assert rules and all(rule["health"] in ("ok", "unknown") for rule in rules), rules
         assert {r["name"] for r in rules if r["state"] == "firing"} <= {"SamplefleetExporterDown"}  # before 1st scrape

@@ -25,7 +25,7 @@ import pytest
 import redis
 
 from conftest import OFFLINE, ROOT, run_producer, write_jsonl
-from kits.fleet import RedisServer, Workers, fleet_env, run_cli
+from kits.fleet import RedisServer, Workers, fleet_env, run_cli, until
 from workers.lifecycle.keys import Keys
 from workers.lifecycle.state import JobState
 
@@ -113,16 +113,6 @@ def start_pool(workers: Workers, generators: int = 2, **env: str) -> None:
             workers.start(queues, wait=False, **env)
     for worker in workers.started:
         workers.wait_ready(worker)
-
-
-def until(predicate, timeout: float = 60, every: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise TimeoutError(f"condition not met within {timeout}s")
 
 
 # --- 1. workers killed ------------------------------------------------------------------------------------

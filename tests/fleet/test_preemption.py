@@ -16,9 +16,8 @@ from pathlib import Path
 import redis
 
 from conftest import run_producer, write_jsonl
-from kits.fleet import Worker, Workers, run_cli
+from kits.fleet import Worker, Workers, run_cli, until
 from workers.lifecycle.state import JobState
-from test_faults import until
 
 
 def simulated_job(shard_seconds: float) -> list[str]:

@@ -16,7 +16,7 @@ import pytest
 import redis
 
 from conftest import read_jsonl, run_producer, write_jsonl
-from kits.fleet import RedisServer, Workers, run_cli
+from kits.fleet import RedisServer, Workers, run_cli, until
 from workers.lifecycle.keys import Keys
 from workers.lifecycle.state import JobState
 from workers.storage import LocalStorage
@@ -27,15 +27,6 @@ SIM = ["--model", "sim", "--sampler_engine", "simulated", "--num_return_sequence
 
 def data(path: Path, n: int = 8, offset: int = 0) -> Path:
     return write_jsonl(path, [{"query": f"q{i + offset}", "response": str(i)} for i in range(n)])
-
-
-def until(predicate, timeout: float = 60, every: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := predicate():
-            return value
-        time.sleep(every)
-    raise TimeoutError(f"condition not met within {timeout}s")
 
 
 def submit(broker: str, cwd: Path, *args: str, **env: str):

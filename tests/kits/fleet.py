@@ -215,6 +215,16 @@ class Workers:
             worker.stop()
 
 
+def until(predicate, timeout: float = 60, every: float = 0.05):
+    """``predicate()``'s first true value, polled every ``every`` seconds; TimeoutError after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := predicate():
+            return value
+        time.sleep(every)
+    raise TimeoutError(f"condition not met within {timeout}s")
+
+
 def run_cli(*args: str, broker: str, cwd: Path, timeout: float = 600, **env: str) -> subprocess.CompletedProcess:
     """`producer ARGS` in a fresh process against the fleet."""
     return subprocess.run([sys.executable, "-m", "producer", *args], cwd=cwd, env=fleet_env(broker, **env),
