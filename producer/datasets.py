@@ -17,8 +17,8 @@ from typing import Any
 from producer.rows import normalise
 from schemas import DatasetSpec, JobSpec, Prompt
 from schemas.errors import DataError, PermanentError
-from workers.hub import hub_offline, is_hub_id, modelscope_snapshot
 from schemas.jsonl import read_jsonl
+from workers.hub import hub_offline, is_hub_id, modelscope_snapshot
 
 log = logging.getLogger(__name__)
 
