@@ -98,7 +98,7 @@ class ShardTask(Task):
         if begun.reason == "poison":
             self._fail(state, index, token, PermanentError(
                 f"shard {index}: {step.stage.value} delivered {begun.deliveries} times without finishing (its "
-                "worker was lost each time: a poison shard?)"), rest)
+                "worker was lost each time: a poison shard?)"), rest, step.wave)
             return Outcome.FAILED.said("poison shard")
         if not begun.run:
             log.info("%s: skipped (%s)", what, begun.reason)
